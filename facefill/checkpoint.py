@@ -1,0 +1,139 @@
+"""Training checkpoints and inference weights files (DESIGN.md: one self-contained dict)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch
+
+import facefill
+from facefill.fileio import atomic_path, write_json_atomic
+from facefill.registry import get_method_class, make_config
+
+FORMAT_VERSION = 1
+
+
+class WeightsError(ValueError):
+    pass
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Atomic ``torch.save``: a killed write never leaves a truncated checkpoint behind."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as error:  # pickle, zip and weights_only errors all mean "not a weights file"
+        raise WeightsError(f"{path}: not a readable facefill weights file ({error.__class__.__name__})") from None
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config) if config is not None else {}
+
+
+def weights_payload(method, meta: dict) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": method.name,
+        "config": config_dict(method.config),
+        "state_dict": method.export_state(),
+        "meta": {"facefill_version": facefill.__version__, **meta},
+    }
+
+
+def export_weights(method, path, meta: dict) -> dict:
+    """Write the inference-only weights file and its JSON card (``.json`` beside it)."""
+    payload = weights_payload(method, meta)
+    save_checkpoint(path, payload)
+    card = {"method": payload["method"], "file": Path(path).name, "config": payload["config"],
+            **payload["meta"]}
+    write_json_atomic(Path(path).with_suffix(".json"), card)
+    return card
+
+
+def load_weights(path, device="cpu"):
+    """Rebuild a method from a weights file alone (its ``method`` and ``config``)."""
+    payload = load_checkpoint(path)
+    if not isinstance(payload, dict) or "method" not in payload or "state_dict" not in payload:
+        raise WeightsError(f"{path}: not a facefill weights file (no method/state_dict)")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise WeightsError(f"{path}: written by a newer facefill (format {payload['format_version']})")
+    cls = get_method_class(payload["method"])
+    config = _config_from_dict(payload["method"], payload.get("config", {}))
+    method = cls(config)
+    method.load_export_state(payload["state_dict"])
+    method.eval()
+    method.weights_meta = payload.get("meta", {})
+    return method.to_device(torch.device(device))
+
+
+def _config_from_dict(name: str, values: dict):
+    fields = {f.name: f for f in dataclasses.fields(get_method_class(name).config_class)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
+    return make_config(name, values)
+
+
+def weights_dir() -> Path:
+    """``$FACEFILL_WEIGHTS`` if set, else the repository's ``weights/`` folder."""
+    env = os.environ.get("FACEFILL_WEIGHTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_cards() -> list[dict]:
+    """Every card in the weights folder whose weights file is there too."""
+    cards = []
+    for card_path in sorted(weights_dir().glob("*.json")):
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, ValueError):
+            continue
+        weights = card_path.with_suffix(".pt")
+        if weights.exists() and "method" in card:
+            cards.append({**card, "path": str(weights)})
+    return cards
+
+
+def card_psnr(card: dict) -> float:
+    return card.get("metrics", {}).get("center", {}).get("psnr", float("-inf"))
+
+
+def best_shipped(size: int | None = None, method: str | None = None) -> dict | None:
+    """The shipped card to use: for ``method`` if given, else the best centre-mask PSNR;
+    among sizes, the smallest native size that is at least ``size`` (else the largest)."""
+    cards = [c for c in shipped_cards() if method is None or c["method"] == method]
+    if not cards:
+        return None
+    if size is not None:
+        sizes = sorted({c["size"] for c in cards})
+        fitting = [s for s in sizes if s >= size]
+        chosen = fitting[0] if fitting else sizes[-1]
+        cards = [c for c in cards if c["size"] == chosen]
+    return max(cards, key=card_psnr)
+
+
+def resolve_inpainter(method: str | None, weights: str | None, device="cpu", image_size: int | None = None):
+    """What ``inpaint``/``eval``/``bench`` run: explicit weights, a method (shipped weights for
+    a learned one), or by default the best shipped learned method for the size, else telea."""
+    from facefill.registry import create_method
+
+    if weights:
+        loaded = load_weights(weights, device)
+        if method and loaded.name != method:
+            raise WeightsError(f"{weights}: holds {loaded.name!r} weights, not {method!r}")
+        return loaded
+    if method and not get_method_class(method).trainable:
+        return create_method(method)
+    card = best_shipped(image_size, method)
+    if card is None:
+        if method:
+            raise WeightsError(f"no shipped weights for {method!r} in {weights_dir()}; "
+                               f"train it (facefill train) and pass --weights")
+        return create_method("telea")
+    return load_weights(card["path"], device)

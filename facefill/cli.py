@@ -1,0 +1,238 @@
+"""The ``facefill`` command line: each command turns options into a config and calls one function."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from facefill import __version__
+from facefill import config as cfg
+
+EPILOG = "Masks: white (255) = hole; binarised at 127; --invert-mask for the other convention."
+MASK_KINDS_HELP = ("center, random-box, irregular, irregular-thin, irregular-medium, "
+                   "irregular-thick, random (20-30 % strokes), sunglasses, surgical-mask")
+
+
+class UsageFailure(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _run(function, *args):
+    """Turn expected failures (bad input, missing files) into a one-line error, exit code 2."""
+    from facefill.checkpoint import WeightsError
+
+    try:
+        return function(*args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, WeightsError, KeyError) as error:
+        message = str(error) if not isinstance(error, KeyError) else str(error).strip("'\"")
+        raise UsageFailure(message) from None
+
+
+def _config_file(path):
+    return cfg.load_toml(path) if path else {}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="facefill")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose):
+    """facefill: restore occluded faces with classical, GAN and diffusion inpainting.
+
+    \b
+    Typical session:
+      facefill prepare SRC data128 --size 128     # crops, splits, fixed eval masks
+      facefill train --method dense-gan --data data128
+      facefill inpaint photos/ filled/            # shipped weights by default
+      facefill eval --data data128 --masks center
+      facefill bench
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("methods")
+def methods_command():
+    """List every method: native size, trainable, shipped weights."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from facefill.checkpoint import shipped_cards
+    from facefill.registry import get_method_class, list_methods
+
+    cards = shipped_cards()
+    table = Table(title="facefill methods")
+    for column in ("method", "native size", "trainable", "shipped weights", "centre PSNR"):
+        table.add_column(column)
+    for name in list_methods():
+        cls = get_method_class(name)
+        mine = [c for c in cards if c["method"] == name]
+        native = ", ".join(str(c["size"]) for c in mine) or ("any" if not cls.trainable else "-")
+        psnr = ", ".join(f"{c.get('metrics', {}).get('center', {}).get('psnr', float('nan')):.2f}"
+                         for c in mine) or "-"
+        table.add_row(name, native, "yes" if cls.trainable else "no",
+                      ", ".join(c["file"] for c in mine) or ("not needed" if not cls.trainable else "none"),
+                      psnr)
+    Console().print(table)
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(file_okay=False))
+@click.option("--size", default=128, show_default=True, help="Output side in pixels.")
+@click.option("--keep", type=int, help="Keep only the N sharpest images (variance of the Laplacian).")
+@click.option("--test-fraction", default=0.2, show_default=True)
+@click.option("--identities", type=click.Path(exists=True, dir_okay=False),
+              help="CSV file,identity for an identity-disjoint split (CelebA identities.csv).")
+@click.option("--crop", type=click.Choice(["celeba", "detect", "center"]), default="celeba", show_default=True,
+              help="celeba: aligned-CelebA face square; detect: OpenCV Haar cascade; center: centre square.")
+@click.option("--masks", default="center,random-box,irregular", show_default=True,
+              help=f"Fixed evaluation mask kinds for the test split: {MASK_KINDS_HELP}.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed, workers):
+    """Rank SRC's faces by sharpness, crop, resize, split, and store fixed eval masks in DATA."""
+    from facefill.data.prepare import prepare as run_prepare
+
+    config = cfg.PrepareConfig(src=src, out=data, size=size, keep=keep, test_fraction=test_fraction,
+                               identities=identities, crop=crop, masks=cfg.split_list(masks),
+                               seed=seed, workers=workers)
+    manifest = _run(run_prepare, config)
+    counts = manifest["counts"]
+    click.echo(f"{data}: {counts['train']} train, {counts['test']} test, {counts['skipped']} skipped")
+
+
+@main.command()
+@click.option("--method", required=True, help="A trainable method (see `facefill methods`).")
+@click.option("--data", help="Prepared data folder (facefill prepare).  [default: data128]")
+@click.option("--size", type=int, help="Training resolution; default: the data's size.")
+@click.option("--masks", help="center | random-box | irregular | mix  [default: center]")
+@click.option("--epochs", type=int)
+@click.option("--steps", type=int, help="Optimisation steps (overrides --epochs).")
+@click.option("--time-limit", type=float, help="Stop cleanly after this many minutes, with a checkpoint.")
+@click.option("--batch-size", type=int, help="[default: 64]")
+@click.option("--lr", type=float, help="Learning rate; default: the paper's.")
+@click.option("--device", help="auto | cpu | cuda  [default: auto]")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA.")
+@click.option("--ema", type=float, help="EMA decay for the inference networks (e.g. 0.999).")
+@click.option("--workers", type=int, help="Data-loading workers. [default: 2]")
+@click.option("--out", help="Run folder. [default: runs/train]")
+@click.option("--resume", is_flag=True, default=None, help="Continue from the run folder's last checkpoint.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file: [train] keys and [method] settings.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a method setting (or a train key), e.g. --set dense=false.")
+@click.option("--export", help="Write inference weights (and card) here at the end.")
+@click.option("--val-every", type=int)
+@click.option("--ckpt-every", type=int)
+@click.option("--seed", type=int)
+def train(method, config_file, sets, **flags):
+    """Train a method on a prepared data folder, with checkpoints, validation and logs."""
+    from facefill.engine.train import train as run_train
+    from facefill.registry import get_method_class
+
+    def build():
+        if not get_method_class(method).trainable:
+            raise ValueError(f"method {method!r} needs no training")
+        file_values = _config_file(config_file)
+        set_values = cfg.parse_sets(sets)
+        train_values = {**file_values.get("train", {}), "method": method}
+        method_values = dict(file_values.get("method", {}))
+        config, extras = cfg.build(cfg.TrainConfig, train_values, set_values, flags)
+        method_values.update(extras)
+        return cfg.TrainConfig(**{**cfg.config_dict(config),
+                                  "method_settings": tuple(sorted(method_values.items()))})
+
+    summary = _run(run_train, _run(build))
+    click.echo(json.dumps(summary, indent=2, default=str))
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option("--data", help="Evaluate on this prepared data folder's test split and record it in the card.")
+def export(checkpoint, weights, data):
+    """Write the inference-only weights file and its JSON card from a training checkpoint."""
+    from facefill.engine.train import export_checkpoint
+
+    card = _run(export_checkpoint, checkpoint, weights, data)
+    click.echo(f"wrote {weights} ({card['parameters']:,} parameters)")
+
+
+@main.command()
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--method", help="Method name; default: the best shipped learned method, else telea.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A weights file (.pt).")
+@click.option("--mask-dir", type=click.Path(exists=True, file_okay=False),
+              help="Masks with the same stem as each image.")
+@click.option("--mask", type=click.Path(exists=True, dir_okay=False), help="One mask for every image.")
+@click.option("--masks", help=f"Generate masks of this kind: {MASK_KINDS_HELP}.")
+@click.option("--invert-mask", is_flag=True, help="Masks use black = hole.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="Decode/encode threads.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
+@click.option("--save-comparison", is_flag=True, help="Also write <stem>_compare.png (masked | filled).")
+@click.option("--steps", type=int, help="Sampling steps for diffusion methods.")
+@click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
+@click.option("--seed", default=0, show_default=True)
+def inpaint(**options):
+    """Fill every image in INPUT_DIR and write the results to OUTPUT_DIR.
+
+    Masks come from <stem>_mask.png beside each image, --mask-dir, --mask, --masks, or, with
+    none of these, from detecting flat-filled occluders (a large region of one exact colour).
+    Only hole pixels change. Exit code: 0 all done, 1 some files failed, 2 usage error.
+    """
+    from facefill.engine.inpaint import run_inpaint
+
+    if sum(bool(options[k]) for k in ("mask_dir", "mask", "masks")) > 1:
+        raise UsageFailure("give at most one of --mask-dir, --mask, --masks")
+    summary = _run(run_inpaint, cfg.InpaintConfig(**options))
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@main.command("eval")
+@click.option("--data", default="data128", show_default=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", default="center", show_default=True, help="Stored mask kind in DATA/masks/.")
+@click.option("--methods", default="telea,navier-stokes,biharmonic", show_default=True,
+              help="Comma-separated; learned methods use their shipped weights.")
+@click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Weights file(s) to score (repeatable).")
+@click.option("--report", default="reports/eval", show_default=True, help="Report folder.")
+@click.option("--limit", type=int, help="Score only the first N test images.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def evaluate(data, masks, methods, weights, report, limit, device, batch_size, seed):
+    """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
+    from facefill.engine.evaluate import run_eval
+
+    config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
+                            report=report, limit=limit, device=device, batch_size=batch_size, seed=seed)
+    _run(run_eval, config)
+
+
+@main.command()
+@click.option("--methods", default="telea,navier-stokes,biharmonic", show_default=True)
+@click.option("--size", default=128, show_default=True)
+@click.option("--batch-sizes", default="1,8,32", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeat", default=5, show_default=True)
+@click.option("--out", default="reports/bench.json", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def bench(methods, size, batch_sizes, device, repeat, out, seed):
+    """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline."""
+    from facefill.engine.bench import run_bench
+
+    def build():
+        sizes = tuple(int(b) for b in cfg.split_list(batch_sizes))
+        return cfg.BenchConfig(methods=cfg.split_list(methods), size=size, batch_sizes=sizes,
+                               device=device, repeat=repeat, out=out, seed=seed)
+
+    _run(run_bench, _run(build))

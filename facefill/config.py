@@ -1,0 +1,153 @@
+"""Plain typed configs. Precedence: defaults < --config file (TOML) < --set key=value < flags."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    src: str
+    out: str
+    size: int = 128
+    keep: int | None = None            # keep the N sharpest images (variance of the Laplacian)
+    test_fraction: float = 0.2
+    identities: str | None = None      # CSV file,identity: identity-disjoint split
+    crop: str = "celeba"               # celeba | detect | center
+    masks: tuple[str, ...] = ("center",)
+    seed: int = 0
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class InpaintConfig:
+    input_dir: str
+    output_dir: str
+    method: str | None = None          # None: the best shipped learned method, else telea
+    weights: str | None = None
+    mask_dir: str | None = None
+    mask: str | None = None            # one mask file for every image
+    masks: str | None = None           # a generated mask kind
+    invert_mask: bool = False
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 2
+    overwrite: bool = False
+    save_comparison: bool = False
+    seed: int = 0
+    steps: int | None = None           # sampler steps for diffusion methods
+    summary: str | None = None         # JSON summary path; default OUT/summary.json
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    data: str = "data128"
+    masks: str = "center"
+    methods: tuple[str, ...] = ("telea", "navier-stokes", "biharmonic")
+    weights: tuple[str, ...] = ()      # weights files; each adds (or pins) its method
+    report: str = "reports/eval"
+    limit: int | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    sample_grid: int = 8               # images shown in the HTML grid
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    methods: tuple[str, ...] = ("telea", "navier-stokes", "biharmonic")
+    size: int = 128
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    device: str = "auto"
+    repeat: int = 5
+    warmup: int = 1
+    pipeline_images: int = 32          # images for the whole-pipeline measurement
+    out: str = "reports/bench.json"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str
+    data: str = "data128"
+    size: int | None = None            # default: the data set's size
+    masks: str = "center"              # center | random-box | irregular | mix
+    epochs: int | None = None
+    steps: int | None = None
+    time_limit: float | None = None    # minutes of wall time; stop cleanly after
+    batch_size: int = 64
+    lr: float | None = None            # default: the method's paper value
+    device: str = "auto"
+    amp: bool = False
+    ema: float | None = None           # EMA decay of the inference networks, e.g. 0.999
+    workers: int = 2
+    out: str = "runs/train"
+    resume: bool = False
+    seed: int = 0
+    log_every: int = 20
+    val_every: int = 500
+    ckpt_every: int = 500
+    keep_last: int = 2
+    val_images: int = 64
+    export: str | None = None          # weights path to export at the end
+    method_settings: tuple[tuple[str, object], ...] = ()  # --set values for the method
+
+
+def parse_value(text: str):
+    """``--set`` values: Python literals (1, 0.5, true, "x", (1, 2)); otherwise the raw string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return tuple(value) if isinstance(value, list) else value
+
+
+def parse_sets(items) -> dict:
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = parse_value(raw)
+    return values
+
+
+def load_toml(path) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read config ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: invalid TOML ({error})") from None
+
+
+def build(cls, file_values: dict, set_values: dict, flags: dict):
+    """Merge in order of precedence; keys the dataclass lacks go to ``extras``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged, extras = {}, {}
+    for source in (file_values, set_values, flags):
+        for key, value in source.items():
+            if value is None and key in flags and source is flags:
+                continue  # an option the user did not give
+            (merged if key in names else extras)[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**merged), extras
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+__all__ = [name for name in dir() if name[0].isupper() and name.endswith("Config")] + [
+    "parse_sets", "parse_value", "load_toml", "build", "split_list", "config_dict", "field"]

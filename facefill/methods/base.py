@@ -1,0 +1,71 @@
+"""The one interface every method implements (see DESIGN.md)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Inpainter:
+    """Classical and learned alike: images Bx3xHxW in [0, 1], masks Bx1xHxW with 1 = hole."""
+
+    name: str = ""
+    trainable = False
+    size: int | None = None  # native resolution; None = any size
+
+    def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The raw fill, same shape as ``image``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        fill = self.predict(image, mask).clamp(0, 1)
+        return mask * fill + (1 - mask) * image
+
+    def to_device(self, device: torch.device) -> "Inpainter":
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class TrainableInpainter(Inpainter, nn.Module):
+    """A learned method. ``training_step`` owns its G/D turns, losses and backward passes."""
+
+    trainable = True
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = config
+        self.size = config.size
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, step: int) -> dict[str, float]:
+        """One optimisation step on ``batch`` ({image, mask}); returns scalar logs."""
+        raise NotImplementedError
+
+    def inference_modules(self) -> dict[str, nn.Module]:
+        """The sub-networks inference needs (the generator; not the discriminators)."""
+        raise NotImplementedError
+
+    def export_state(self) -> dict:
+        return {name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
+                for name, module in self.inference_modules().items()}
+
+    def load_export_state(self, state: dict) -> None:
+        modules = self.inference_modules()
+        missing = set(modules) - set(state)
+        if missing:
+            raise ValueError(f"weights lack module(s): {', '.join(sorted(missing))}")
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+
+    def to_device(self, device):
+        return self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
