@@ -1,2 +1,2 @@
 """Importing this package registers every built-in method."""
-from facefill.methods import classical  # noqa: F401
+from facefill.methods import baselines, classical, dense_gan  # noqa: F401

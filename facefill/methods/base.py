@@ -63,9 +63,53 @@ class TrainableInpainter(Inpainter, nn.Module):
         for name, module in modules.items():
             module.load_state_dict(state[name])
 
+    def optimise(self, name: str, loss: torch.Tensor, clip: float | None = None) -> None:
+        """zero_grad, backward, gradient averaging across ranks, optional clipping, step."""
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        average_gradients(parameters)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(parameters, clip)
+        optimizer.step()
+
     def to_device(self, device):
         return self.to(device)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def average_gradients(parameters) -> None:
+    """Sum gradients over torch.distributed ranks and divide by the world size: what
+    DistributedDataParallel does, done per optimiser step because GAN methods run several
+    forwards per step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    world = dist.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad.div_(world)
+
+
+class GeneratorInpainter(TrainableInpainter):
+    """A method whose inference is one feed-forward generator on (masked image, mask) in [-1, 1]."""
+
+    generator: nn.Module
+
+    def inference_modules(self):
+        return {"generator": self.generator}
+
+    def generate(self, image, mask):
+        """Generator output in [-1, 1] for [0, 1] images; the hole is zeroed before it is seen."""
+        known = (image * 2 - 1) * (1 - mask)
+        return self.generator(torch.cat([known, mask], 1))
+
+    @torch.no_grad()
+    def predict(self, image, mask):
+        return (self.generate(image, mask) + 1) / 2

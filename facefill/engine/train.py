@@ -1,0 +1,441 @@
+"""The training loop every trainable method shares: devices, bf16 autocast, EMA,
+atomic checkpoints with resume, validation, JSON Lines logs, sample grids, torch.distributed."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from facefill.checkpoint import export_weights, load_checkpoint, save_checkpoint
+from facefill.config import TrainConfig, config_dict
+from facefill.data.dataset import FaceDataset, list_split
+from facefill.devices import resolve_device
+from facefill.fileio import write_image_atomic, write_json_atomic
+from facefill.registry import create_method
+
+log = logging.getLogger(__name__)
+CKPT_PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
+
+
+# ---------------------------------------------------------------- distributed
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA; returns rank, world, device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    if dist.is_initialized():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, 0)
+
+
+# ---------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of the inference networks' weights."""
+
+    def __init__(self, modules: dict, decay: float):
+        self.decay = decay
+        self.modules = {name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: dict) -> None:
+        for name, module in modules.items():
+            shadow = self.modules[name]
+            for ema_p, p in zip(shadow.parameters(), module.parameters()):
+                ema_p.lerp_(p, 1 - self.decay)
+            for ema_b, b in zip(shadow.buffers(), module.buffers()):
+                ema_b.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {name: m.state_dict() for name, m in self.modules.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, module in self.modules.items():
+            module.load_state_dict(state[name])
+
+
+# ---------------------------------------------------------------- run folder
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler that can start part-way into an epoch without loading the skipped items."""
+
+    start = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self):
+        return max(0, super().__len__() - self.start)
+
+
+class RunFolder:
+    def __init__(self, path, keep_last: int):
+        self.path = Path(path)
+        self.keep_last = keep_last
+        self.samples = self.path / "samples"
+
+    def checkpoints(self) -> list[Path]:
+        found = [(int(m.group(1)), p) for p in self.path.glob("ckpt-*.pt") if (m := CKPT_PATTERN.search(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def last(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def save(self, state: dict, step: int) -> Path:
+        path = self.path / f"ckpt-{step:07d}.pt"
+        save_checkpoint(path, state)
+        for old in self.checkpoints()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def log(self, record: dict) -> None:
+        with open(self.path / "log.jsonl", "a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------- the loop
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.rank, self.world, self.device = init_distributed(config.device)
+        self.is_main = self.rank == 0
+        seed_everything(config.seed + self.rank)
+        manifest = _read_manifest(config.data)
+        self.size = config.size or manifest.get("size")
+        if not self.size:
+            raise ValueError(f"{config.data}: manifest.json has no size; pass --size")
+        settings = dict(config.method_settings)
+        settings["size"] = self.size
+        if config.lr is not None:
+            settings["lr"] = config.lr
+        self.method = create_method(config.method, **settings).to(self.device)
+        broadcast_parameters(self.method)
+        self.optimizers = self.method.configure_optimizers()
+        self.ema = EMA(self.method.inference_modules(), config.ema) if config.ema else None
+        self.run = RunFolder(config.out, config.keep_last)
+        self.step, self.epoch, self.best_psnr, self.seconds = 0, 0, -math.inf, 0.0
+        self._build_data(manifest)
+
+    def _build_data(self, manifest):
+        config = self.config
+        files = list_split(config.data, "train")
+        val_count = min(config.val_images, len(files) // 5)
+        train_files, val_files = files[: len(files) - val_count], files[len(files) - val_count:]
+        self.train_set = FaceDataset(train_files, self.size, config.masks)
+        val_kind = "center" if config.masks == "mix" else config.masks
+        self.val_set = FaceDataset(val_files, self.size, val_kind, flip=False, fixed_masks=True,
+                                   seed=config.seed) if val_files else None
+        self.sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=config.seed, drop_last=True)
+        self.per_rank = max(1, config.batch_size // self.world)
+        # The loader's own generator keeps its seed draws off the global RNG, which resume restores.
+        self.loader = DataLoader(self.train_set, batch_size=self.per_rank, sampler=self.sampler, drop_last=True,
+                                 num_workers=config.workers, pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(config.seed))
+        self.steps_per_epoch = len(self.loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{config.data}: {len(self.train_set)} training images is fewer than one batch "
+                             f"of {self.per_rank}; lower --batch-size")
+        self.total_steps = config.steps or (config.epochs or 1) * self.steps_per_epoch
+        self.data_info = {"data": str(config.data), "train_images": len(train_files),
+                          "val_images": len(val_files), "source": manifest.get("source"),
+                          "split": "train split minus the last val_images for validation; test split held out"}
+
+    # ------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {"format_version": 1, "kind": "training-checkpoint", "method": self.method.name,
+                "config": config_dict(self.method.config), "train_config": config_dict(self.config),
+                "model": self.method.state_dict(),
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "ema": self.ema.state_dict() if self.ema else None,
+                "step": self.step, "epoch": self.epoch, "best_psnr": self.best_psnr,
+                "train_seconds": self.seconds, "rng": rng_state(), "data": self.data_info,
+                "device": _device_name(self.device), "command": _command_line(),
+                "total_steps": self.total_steps}
+
+    def resume(self) -> bool:
+        path = self.run.last()
+        if path is None:
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        if state.get("method") != self.method.name:
+            raise ValueError(f"{path}: a {state.get('method')} checkpoint, not {self.method.name}")
+        self.method.load_state_dict(state["model"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.best_psnr, self.seconds = state["best_psnr"], state["train_seconds"]
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    # ------------------------------------------------------------ loop
+    def batches(self):
+        """Endless batches; the epoch's order depends only on (seed, epoch), so a resumed run
+        skips the batches it already saw and continues with the same order."""
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.start = (self.step - self.epoch * self.steps_per_epoch) * self.per_rank
+            yield from self.loader
+            self.epoch += 1
+
+    def fit(self) -> dict:
+        config = self.config
+        if config.resume:
+            self.resume()
+        if self.is_main:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run.path / "config.json",
+                              {"train": config_dict(self.config), "method": config_dict(self.method.config)})
+        progress = _progress(self.total_steps, self.step, enabled=self.is_main)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and self.device.type == "cuda"
+                    else contextlib.nullcontext())
+        start, seconds_before = time.time(), self.seconds
+        self.method.train()
+        batches = self.batches()
+        stopped_early = False
+        while self.step < self.total_steps:
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            with autocast:
+                logs = self.method.training_step(batch, self.step)
+            self.step += 1
+            if self.ema:
+                self.ema.update(self.method.inference_modules())
+            self.seconds = seconds_before + time.time() - start
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
+            if self.is_main and (self.step % config.log_every == 0 or self.step == 1):
+                self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2), **logs})
+            if self.val_set is not None and self.step % config.val_every == 0:
+                self.validate()
+            if self.step % config.ckpt_every == 0:
+                self.checkpoint()
+            if config.time_limit and time.time() - start > config.time_limit * 60:
+                stopped_early = self.step < self.total_steps
+                break
+        progress.close()
+        if self.val_set is not None and self.step % config.val_every != 0:
+            self.validate()
+        final = self.checkpoint()
+        summary = {"run": str(self.run.path), "checkpoint": str(final), "steps": self.step,
+                   "epochs": round(self.step / self.steps_per_epoch, 2), "train_seconds": round(self.seconds, 1),
+                   "best_val_psnr": self.best_psnr, "stopped_by_time_limit": stopped_early}
+        if self.is_main:
+            _plot_curves(self.run.path)
+            if config.export:
+                summary["weights"] = config.export
+                export_checkpoint(final, config.export)
+        return summary
+
+    def checkpoint(self) -> Path:
+        path = self.run.path / f"ckpt-{self.step:07d}.pt"
+        if self.is_main:
+            path = self.run.save(self.state(), self.step)
+        if dist.is_initialized():
+            dist.barrier()
+        return path
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """PSNR (whole image, composited) and hole L1 on the held-out slice; the best is kept."""
+        self.method.eval()
+        modules = self.method.inference_modules()
+        if self.ema:  # score what would be exported
+            backup = {n: copy.deepcopy(m.state_dict()) for n, m in modules.items()}
+            for name, module in modules.items():
+                module.load_state_dict(self.ema.modules[name].state_dict())
+        psnrs, l1s, first = [], [], None
+        for start in range(0, len(self.val_set), 32):  # no DataLoader: it would draw from the global RNG
+            items = [self.val_set[i] for i in range(start, min(start + 32, len(self.val_set)))]
+            image = torch.stack([item["image"] for item in items]).to(self.device)
+            mask = torch.stack([item["mask"] for item in items]).to(self.device)
+            output = self.method.inpaint(image, mask)
+            mse = (output - image).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+            psnrs += (10 * torch.log10(1 / mse)).tolist()
+            l1s += ((output - image).abs() * mask).flatten(1).sum(1).div(mask.flatten(1).sum(1).clamp_min(1) * 3).tolist()
+            if first is None:
+                first = (image[:8], mask[:8], output[:8])
+        if self.ema:
+            for name, module in modules.items():
+                module.load_state_dict(backup[name])
+        self.method.train()
+        psnr = float(np.mean(psnrs))
+        if self.is_main:
+            self.run.log({"step": self.step, "val_psnr": psnr, "val_l1_hole": float(np.mean(l1s))})
+            _save_samples(self.run.samples / f"step-{self.step:07d}.png", *first)
+            if psnr > self.best_psnr:
+                self.best_psnr = psnr
+                save_checkpoint(self.run.path / "best.pt", self.state())
+        return psnr
+
+
+def train(config: TrainConfig) -> dict:
+    trainer = Trainer(config)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- export
+def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",)) -> dict:
+    """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
+    test-split metrics from ``facefill eval`` are measured and recorded in the card."""
+    state = load_checkpoint(checkpoint)
+    if state.get("kind") != "training-checkpoint":
+        raise ValueError(f"{checkpoint}: not a facefill training checkpoint")
+    method = create_method(state["method"], **_settings(state["config"]))
+    method.load_state_dict(state["model"])
+    if state.get("ema"):
+        method.load_export_state(state["ema"])
+    train_config = state["train_config"]
+    parameters = sum(p.numel() for m in method.inference_modules().values() for p in m.parameters())
+    meta = {"size": method.size, "value_range": "[0, 1] at the interface, [-1, 1] inside",
+            "mask_convention": "1 = hole (mask files: white = hole)",
+            "data": state.get("data"), "masks_in_training": train_config["masks"],
+            "steps": state["step"], "epochs": round(state["step"] / max(1, _steps_per_epoch(state)), 2),
+            "batch_size": train_config["batch_size"], "ema": train_config["ema"],
+            "command": state.get("command"), "device": state.get("device"),
+            "wall_time_minutes": round(state["train_seconds"] / 60, 1),
+            "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {}}
+    export_weights(method, weights, meta)
+    if data:
+        meta["metrics"] = evaluate_weights(weights, data, mask_kinds)
+        meta["eval_command"] = (f"facefill eval --data {data} --masks <kind> --methods '' --weights {weights}")
+        export_weights(method, weights, meta)
+    return meta
+
+
+def evaluate_weights(weights, data, mask_kinds) -> dict:
+    from facefill.config import EvalConfig
+    from facefill.engine.evaluate import run_eval
+
+    metrics = {}
+    for kind in mask_kinds:
+        if not (Path(data) / "masks" / kind).is_dir():
+            continue
+        report = Path("reports") / f"eval-{Path(weights).stem}-{kind}"
+        result = run_eval(EvalConfig(data=str(data), masks=kind, methods=(), weights=(str(weights),),
+                                     report=str(report)))
+        (name, entry), = result["methods"].items()
+        metrics[kind] = {**{k: round(v, 4) for k, v in entry["means"].items()}, "count": result["count"],
+                         "data": str(data), "split": "test"}
+    return metrics
+
+
+def _steps_per_epoch(state) -> int:
+    data = state.get("data") or {}
+    batch = state["train_config"]["batch_size"]
+    return max(1, (data.get("train_images") or batch) // batch)
+
+
+def _settings(config: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+# ---------------------------------------------------------------- helpers
+def _read_manifest(data) -> dict:
+    path = Path(data) / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; run `facefill prepare SRC {data}` first")
+    return json.loads(path.read_text())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _command_line() -> str:
+    return " ".join(["facefill"] + sys.argv[1:]) if sys.argv and "facefill" in sys.argv[0] else " ".join(sys.argv)
+
+
+def _progress(total, initial, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True,
+                mininterval=2.0, desc="train")
+
+
+def _save_samples(path, image, mask, output):
+    """Rows: masked input (hole grey), fill, original."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    masked = image * (1 - mask) + 0.5 * mask
+    grid = make_grid(torch.cat([masked, output, image]).float().cpu(), nrow=len(image), padding=2)
+    array = grid.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    write_image_atomic(path, Image.fromarray(array))
+
+
+def _plot_curves(run_path: Path) -> None:
+    try:
+        from facefill.report.plots import line_plot
+    except ImportError:
+        return
+    records = [json.loads(line) for line in (run_path / "log.jsonl").read_text().splitlines() if line.strip()]
+    losses = {key: [(r["step"], r[key]) for r in records if key in r]
+              for key in ("loss", "rec", "d_loss", "g_adv")}
+    losses = {k: v for k, v in losses.items() if v}
+    if losses:
+        line_plot(losses, run_path / "losses.png", "training losses", "step", "loss")
+    val = [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]
+    if val:
+        line_plot({"val PSNR": val}, run_path / "val_psnr.png", "validation PSNR", "step", "dB")
+

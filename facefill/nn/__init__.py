@@ -1,0 +1,1 @@
+"""Reusable network blocks and losses shared by the methods."""
