@@ -208,13 +208,15 @@ def inpaint(**options):
 @click.option("--limit", type=int, help="Score only the first N test images.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--sample-grid", default=8, show_default=True, help="Images shown in the HTML report's grid.")
 @click.option("--seed", default=0, show_default=True)
-def evaluate(data, masks, methods, weights, report, limit, device, batch_size, seed):
+def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, seed):
     """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
     from facefill.engine.evaluate import run_eval
 
     config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
-                            report=report, limit=limit, device=device, batch_size=batch_size, seed=seed)
+                            report=report, limit=limit, device=device, batch_size=batch_size,
+                            sample_grid=sample_grid, seed=seed)
     _run(run_eval, config)
 
 
@@ -223,16 +225,20 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--size", default=128, show_default=True)
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--repeat", default=5, show_default=True)
+@click.option("--repeat", default=5, show_default=True, help="Timed runs per batch size.")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs first.")
+@click.option("--pipeline-images", default=32, show_default=True,
+              help="Images for the whole-pipeline (decode, fill, encode) measurement; 0 skips it.")
 @click.option("--out", default="reports/bench.json", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def bench(methods, size, batch_sizes, device, repeat, out, seed):
+def bench(methods, size, batch_sizes, device, repeat, warmup, pipeline_images, out, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline."""
     from facefill.engine.bench import run_bench
 
     def build():
         sizes = tuple(int(b) for b in cfg.split_list(batch_sizes))
         return cfg.BenchConfig(methods=cfg.split_list(methods), size=size, batch_sizes=sizes,
-                               device=device, repeat=repeat, out=out, seed=seed)
+                               device=device, repeat=repeat, warmup=warmup,
+                               pipeline_images=pipeline_images, out=out, seed=seed)
 
     _run(run_bench, _run(build))

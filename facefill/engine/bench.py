@@ -1,0 +1,347 @@
+"""Benchmarks: throughput, latency and peak memory of each method, alone and in the whole pipeline.
+
+Method alone: ``inpainter.inpaint`` on a deterministic batch already on the device (a smooth
+random field, a centred square hole of 25 % of the area), ``warmup`` untimed runs, then
+``repeat`` timed ones (CUDA synchronised around each). Reported per (method, batch size):
+
+- ``images_per_s``: batch size x runs / total timed seconds;
+- ``latency_ms_median``, ``latency_ms_p90``: per batch;
+- ``cpu_peak_rss_delta_mb``: the process's peak resident memory during the timed runs minus its
+  resident memory before them (Linux: the peak is reset through /proc/self/clear_refs first; where
+  that is refused, the growth of ``ru_maxrss``, a lower bound);
+- ``cuda_peak_mb`` / ``cuda_peak_delta_mb`` on CUDA: ``torch.cuda.max_memory_allocated`` during the
+  runs, absolute and above what was allocated before them.
+
+Methods with a fixed native size run at that size (``size`` records it); others at ``config.size``.
+
+Whole pipeline: ``pipeline_images`` PNGs at ``config.size`` with ``<stem>_mask.png`` beside them,
+filled by ``facefill.engine.inpaint.run_inpaint`` (batch size = the largest of ``batch_sizes``,
+overwrite) after one untimed warm-up on a few of them; the timed run includes the engine's own
+start-up (resolving and loading the method, its thread pool). The engine overhead is
+``pipeline seconds per image - method-alone seconds per image`` (at that batch size), and as a
+percentage of the pipeline's seconds per image: the share of end-to-end time spent outside the
+method (decoding, fitting, compositing, encoding, writing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facefill.config import BenchConfig
+
+log = logging.getLogger(__name__)
+MIB = 1024 * 1024
+
+
+# -------------------------------------------------------------------------------------------- inputs
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
+    """``count`` deterministic face-free but photo-like images, Bx3xSxS in [0, 1]: a smooth random
+    colour field, some mid-frequency structure and a little grain, from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(count, 3, 5, 5, generator=generator)
+    middle = torch.rand(count, 3, max(min(size // 4, 24), 2), max(min(size // 4, 24), 2), generator=generator)
+    grain = torch.randn(count, 3, size, size, generator=generator)
+    field = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    detail = F.interpolate(middle - 0.5, size=(size, size), mode="bilinear", align_corners=False)
+    return (0.1 + 0.8 * field + 0.25 * detail + 0.02 * grain).clamp(0, 1)
+
+
+def center_masks(count: int, size: int, fraction: float = 0.25) -> torch.Tensor:
+    """Bx1xSxS, 1 in a centred square covering ``fraction`` of the image."""
+    side = max(1, round(size * math.sqrt(fraction)))
+    top = (size - side) // 2
+    masks = torch.zeros(count, 1, size, size)
+    masks[:, :, top:top + side, top:top + side] = 1.0
+    return masks
+
+
+# -------------------------------------------------------------------------------------------- memory
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class PeakRSS:
+    """Peak resident memory of this process over a ``with`` block, in MiB above the start."""
+
+    def __enter__(self):
+        self.method = "ru_maxrss"
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            if _proc_status_kib("VmHWM") is not None:
+                self.method = "vmhwm"
+        except OSError:
+            pass
+        if self.method == "vmhwm":
+            self.start = _proc_status_kib("VmRSS") or 0
+        else:
+            self.start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return self
+
+    def __exit__(self, *exc):
+        end = (_proc_status_kib("VmHWM") if self.method == "vmhwm"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) or 0
+        self.delta_mb = max(end - self.start, 0) / 1024.0
+        return False
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_method(inpainter, images: torch.Tensor, masks: torch.Tensor, warmup: int, repeat: int) -> dict:
+    """Warm up, then time ``repeat`` calls of ``inpainter.inpaint``; returns the row's measurements."""
+    device = images.device
+    with torch.no_grad():
+        for _ in range(warmup):
+            inpainter.inpaint(images, masks)
+        _synchronize(device)
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            cuda_base = torch.cuda.memory_allocated(device)
+        latencies = []
+        with PeakRSS() as peak:
+            for _ in range(repeat):
+                start = time.perf_counter()
+                output = inpainter.inpaint(images, masks)
+                _synchronize(device)
+                latencies.append(time.perf_counter() - start)
+                del output
+    batch = images.shape[0]
+    total = sum(latencies)
+    row = {"runs": repeat,
+           "images_per_s": batch * repeat / total if total > 0 else float("inf"),
+           "seconds_per_image": total / (batch * repeat),
+           "latency_ms_median": 1000.0 * float(np.median(latencies)),
+           "latency_ms_p90": 1000.0 * float(np.percentile(latencies, 90)),
+           "latency_ms_min": 1000.0 * min(latencies),
+           "cpu_peak_rss_delta_mb": peak.delta_mb, "cpu_peak_rss_method": peak.method,
+           "cuda_peak_mb": None, "cuda_peak_delta_mb": None}
+    if cuda:
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+        row["cuda_peak_mb"] = peak_bytes / MIB
+        row["cuda_peak_delta_mb"] = max(peak_bytes - cuda_base, 0) / MIB
+    return row
+
+
+def _count(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, (list, tuple, set, dict)):
+        return len(value)
+    return int(value)
+
+
+def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0) -> list[str]:
+    """``count`` PNGs ``bench_NNNN.png`` with ``bench_NNNN_mask.png`` (white = hole) in ``folder``."""
+    from PIL import Image
+
+    from facefill.imaging import to_uint8
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = synthetic_images(count, size, seed)
+    mask = (center_masks(1, size)[0, 0].numpy() > 0.5).astype(np.uint8) * 255
+    stems = []
+    for index in range(count):
+        stem = f"bench_{index:04d}"
+        Image.fromarray(to_uint8(images[index])).save(folder / f"{stem}.png")
+        Image.fromarray(mask).save(folder / f"{stem}_mask.png")
+        stems.append(stem)
+    return stems
+
+
+def time_pipeline(name: str, config: BenchConfig, input_dir: Path, warm_dir: Path | None, work: Path,
+                  batch_size: int, count: int) -> dict:
+    """Time ``run_inpaint`` filling ``input_dir`` with method ``name``."""
+    from facefill.config import InpaintConfig
+    from facefill.engine.inpaint import run_inpaint
+
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+    def settings(source, tag):
+        return InpaintConfig(input_dir=str(source), output_dir=str(work / f"out-{safe}-{tag}"), method=name,
+                             device=config.device, batch_size=batch_size, overwrite=True, seed=config.seed,
+                             summary=str(work / f"summary-{safe}-{tag}.json"))
+
+    if warm_dir is not None:
+        run_inpaint(settings(warm_dir, "warm"))
+    start = time.perf_counter()
+    summary = run_inpaint(settings(input_dir, "timed"))
+    seconds = time.perf_counter() - start
+    shutil.rmtree(work / f"out-{safe}-timed", ignore_errors=True)
+    summary = summary if isinstance(summary, dict) else {}
+    return {"method": name, "images": count, "batch_size": batch_size, "size": config.size,
+            "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else float("inf"),
+            "seconds_per_image": seconds / count, "done": _count(summary.get("done", count)),
+            "failed": _count(summary.get("failed"))}
+
+
+# ------------------------------------------------------------------------------------------ metadata
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name or platform.machine() or 'CPU'} ({os.cpu_count()} CPUs)"
+
+
+def _validate(config: BenchConfig) -> None:
+    if not config.methods:
+        raise ValueError("no methods to benchmark")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be positive integers, got {config.batch_sizes}")
+    if config.size < 4:
+        raise ValueError(f"--size must be at least 4 pixels, got {config.size}")
+    if config.repeat < 1 or config.warmup < 0 or config.pipeline_images < 0:
+        raise ValueError("repeat must be >= 1, warmup and pipeline_images >= 0")
+
+
+def _print_tables(console, result: dict) -> None:
+    from rich.table import Table
+
+    from facefill.report.tables import format_value
+
+    table = Table(title=f"facefill bench - {result['device_name']}, torch {result['torch']}, "
+                        f"{result['threads']} threads")
+    columns = [("method", None), ("size", None), ("batch", None), ("img/s", 1), ("median ms", 2),
+               ("p90 ms", 2), ("CPU peak MiB", 1)]
+    if result["device"].startswith("cuda"):
+        columns.append(("CUDA peak MiB", 1))
+    for index, (title, _) in enumerate(columns):
+        table.add_column(title, justify="left" if index == 0 else "right", no_wrap=index == 0)
+    for row in result["rows"]:
+        values = [row["method"], row["size"], row["batch_size"], row["images_per_s"], row["latency_ms_median"],
+                  row["latency_ms_p90"], row["cpu_peak_rss_delta_mb"], row["cuda_peak_mb"]]
+        table.add_row(*[str(v) if d is None else format_value(v, d) for v, (_, d) in zip(values, columns)])
+    console.print(table)
+    if result["pipeline"]:
+        table = Table(title=f"whole pipeline ({result['pipeline'][0]['images']} images at "
+                            f"{result['pipeline'][0]['size']} px)")
+        for index, title in enumerate(("method", "batch", "img/s", "method-alone img/s", "overhead ms/img",
+                                       "overhead %")):
+            table.add_column(title, justify="left" if index == 0 else "right", no_wrap=index == 0)
+        for row in result["pipeline"]:
+            table.add_row(row["method"], str(row["batch_size"]), format_value(row["images_per_s"], 1),
+                          format_value(row["method_images_per_s"], 1),
+                          format_value(1000.0 * row["overhead_s_per_image"], 2),
+                          format_value(row["overhead_pct"], 1))
+        console.print(table)
+    elif result.get("pipeline_skipped"):
+        console.print(f"[yellow]whole pipeline skipped: {result['pipeline_skipped']}[/yellow]")
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def run_bench(config: BenchConfig) -> dict:
+    """Benchmark every method at every batch size, then the whole pipeline; write ``config.out``
+    (JSON) and return what it holds."""
+    from rich.console import Console
+
+    from facefill import __version__
+    from facefill.checkpoint import resolve_inpainter
+    from facefill.devices import resolve_device
+    from facefill.report.tables import write_json
+
+    _validate(config)
+    device = resolve_device(config.device)
+    console = Console()
+    rows = []
+    method_sizes = {}
+    for name in dict.fromkeys(config.methods):
+        inpainter = resolve_inpainter(name, None, device, config.size)
+        size = int(getattr(inpainter, "size", None) or config.size)
+        method_sizes[name] = size
+        for batch_size in config.batch_sizes:
+            images = synthetic_images(batch_size, size, config.seed).to(device)
+            masks = center_masks(batch_size, size).to(device)
+            torch.manual_seed(config.seed)
+            with console.status(f"{name}: batch {batch_size} at {size} px"):
+                measured = time_method(inpainter, images, masks, config.warmup, config.repeat)
+            rows.append({"method": name, "size": size, "native_size": getattr(inpainter, "size", None),
+                         "batch_size": batch_size, "device": str(device), **measured})
+            del images, masks
+        del inpainter
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    pipeline, skipped = [], None
+    largest = max(config.batch_sizes)
+    if config.pipeline_images == 0:
+        skipped = "pipeline_images is 0"
+    else:
+        try:
+            from facefill.engine.inpaint import run_inpaint  # noqa: F401
+        except ImportError as error:
+            skipped = f"facefill.engine.inpaint.run_inpaint is not available ({error})"
+            log.warning("whole-pipeline benchmark skipped: %s", skipped)
+    if skipped is None:
+        with tempfile.TemporaryDirectory(prefix="facefill-bench-") as tmp:
+            work = Path(tmp)
+            write_pipeline_inputs(work / "in", config.pipeline_images, config.size, config.seed)
+            warm_dir = None
+            if config.warmup > 0:
+                warm_count = min(config.pipeline_images, largest, 4)
+                warm_dir = work / "warm"
+                write_pipeline_inputs(warm_dir, warm_count, config.size, config.seed + 1)
+            for name in dict.fromkeys(config.methods):
+                with console.status(f"{name}: whole pipeline, {config.pipeline_images} images"):
+                    row = time_pipeline(name, config, work / "in", warm_dir, work, largest,
+                                        config.pipeline_images)
+                alone = next(r for r in rows if r["method"] == name and r["batch_size"] == largest)
+                overhead = row["seconds_per_image"] - alone["seconds_per_image"]
+                row.update(method_size=method_sizes[name], method_images_per_s=alone["images_per_s"],
+                           method_seconds_per_image=alone["seconds_per_image"], overhead_s_per_image=overhead,
+                           overhead_pct=100.0 * overhead / row["seconds_per_image"])
+                pipeline.append(row)
+
+    result = {"device": str(device), "device_name": device_description(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+              "facefill_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+              "config": dataclasses.asdict(config), "rows": rows, "pipeline": pipeline,
+              "pipeline_skipped": skipped,
+              "definitions": {
+                  "images_per_s": "batch size x timed runs / total timed seconds (method alone, inputs on device)",
+                  "latency_ms": "wall time of one inpaint call on one batch (median, 90th percentile)",
+                  "cpu_peak_rss_delta_mb": "peak RSS during the timed runs minus RSS before them",
+                  "cuda_peak_mb": "torch.cuda.max_memory_allocated during the timed runs",
+                  "overhead_s_per_image": "pipeline s/image - method-alone s/image at the pipeline's batch size",
+                  "overhead_pct": "overhead_s_per_image / pipeline s/image x 100"}}
+    write_json(config.out, result)
+    _print_tables(console, result)
+    console.print(f"wrote {config.out}")
+    return result
