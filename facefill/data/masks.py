@@ -1,0 +1,403 @@
+"""Hole masks: a kind and its keyword arguments -> ``callable(rng, size) -> HxW bool`` (True = hole).
+
+Every generator is deterministic given the state of the ``numpy.random.Generator`` it is handed.
+
+=================== ==========================================================================
+kind                what
+=================== ==========================================================================
+center              centred rectangle, each side ``fraction`` (0.5) of the image side: 25 %
+random-box          one rectangle anywhere, sides uniform in [``min_side``, ``max_side``] (0.25-0.5)
+irregular-thin      free-form strokes (LaMa style), thin brush, area 5-20 %
+irregular-medium    medium brush, area 15-35 %
+irregular-thick     thick brush, area 25-50 %
+irregular           one of the three brushes at random, area 10-50 %
+random              strokes of a random brush covering 20-30 % (the DDPM paper's random masks)
+sunglasses          eyes + brows (+ eyeglasses) of a CelebAMask-HQ parsing map, as two lenses
+surgical-mask       nose, mouth, lips and the lower face below the nose, from a parsing map
+=================== ==========================================================================
+
+Stroke kinds take ``area=(lo, hi)``: strokes are added until the hole covers at least ``lo`` of
+the image (a target drawn uniformly in [lo, hi]) and a stroke that would push it above ``hi``
+is undone and retried thinner, so the area always lies in [lo, hi].
+
+Face-part kinds take ``parsing`` (an HxW uint8 label map) or ``parsing_dir`` (a folder of
+label PNGs, one picked with the rng; default :func:`default_parsing_dir`). A map without the
+parts falls back to a geometric occluder at the usual place, so the mask is never empty.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MASK_KINDS: tuple[str, ...] = ("center", "random-box", "irregular", "irregular-thin", "irregular-medium",
+                               "irregular-thick", "random", "sunglasses", "surgical-mask")
+
+Size = int | tuple[int, int]
+
+# Brushes: widths and segment lengths as fractions of the shorter image side; vertices per stroke.
+BRUSHES: dict[str, dict[str, tuple[float, float]]] = {
+    "thin": {"width": (0.015, 0.04), "length": (0.05, 0.2), "vertices": (2, 10)},
+    "medium": {"width": (0.04, 0.08), "length": (0.08, 0.25), "vertices": (2, 8)},
+    "thick": {"width": (0.08, 0.15), "length": (0.1, 0.3), "vertices": (1, 6)},
+}
+DEFAULT_AREAS: dict[str, tuple[float, float]] = {
+    "irregular": (0.1, 0.5),
+    "irregular-thin": (0.05, 0.2),
+    "irregular-medium": (0.15, 0.35),
+    "irregular-thick": (0.25, 0.5),
+    "random": (0.2, 0.3),
+}
+MAX_TURN = math.pi / 2        # largest change of direction between two segments of a stroke
+SHRINK = 0.7                  # brush and length factor after a stroke overshoots ``hi``
+MAX_STROKES = 400             # stroke attempts before the border-growing fallback
+
+# CelebAMask-HQ labels
+SKIN, NOSE, EYEGLASSES, L_EYE, R_EYE, L_BROW, R_BROW = 1, 2, 3, 4, 5, 6, 7
+MOUTH, U_LIP, L_LIP = 10, 11, 12
+EYE_PARTS = (EYEGLASSES, L_EYE, R_EYE, L_BROW, R_BROW)
+LOWER_PARTS = (NOSE, MOUTH, U_LIP, L_LIP)
+PARSING_ENV = "FACEFILL_PARSING_DIR"
+
+
+# ----------------------------------------------------------------------------------------- API
+
+def make_mask(kind: str, rng: np.random.Generator, size: Size, **kwargs) -> np.ndarray:
+    """One HxW bool mask (True = hole) of ``kind`` at ``size`` (an int or (height, width))."""
+    generator = _GENERATORS.get(kind)
+    if generator is None:
+        raise ValueError(f"unknown mask kind {kind!r}; known kinds: {', '.join(MASK_KINDS)}")
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+    height, width = _hw(size)
+    return np.ascontiguousarray(generator(rng, height, width, **kwargs), dtype=bool)
+
+
+def mask_generator(kind: str, **kwargs) -> Callable[[np.random.Generator, Size], np.ndarray]:
+    """``make_mask`` with the kind and its options bound: ``gen(rng, size) -> HxW bool``."""
+    if kind not in _GENERATORS:
+        raise ValueError(f"unknown mask kind {kind!r}; known kinds: {', '.join(MASK_KINDS)}")
+
+    def generate(rng: np.random.Generator, size: Size) -> np.ndarray:
+        return make_mask(kind, rng, size, **kwargs)
+
+    generate.kind = kind  # type: ignore[attr-defined]
+    return generate
+
+
+def mask_area(mask: np.ndarray) -> float:
+    """Fraction of hole pixels."""
+    mask = np.asarray(mask)
+    return float(np.count_nonzero(mask)) / mask.size if mask.size else 0.0
+
+
+def default_parsing_dir() -> Path:
+    """``$FACEFILL_PARSING_DIR``, else ``<repo>/../shared/data/celeba-hq/parsing``."""
+    env = os.environ.get(PARSING_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "celeba-hq" / "parsing"
+
+
+# ----------------------------------------------------------------------------- boxes
+
+def _hw(size: Size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        height = width = int(size)
+    else:
+        height, width = (int(s) for s in size)
+    if height < 1 or width < 1:
+        raise ValueError(f"mask size must be positive, got {size!r}")
+    return height, width
+
+
+def _center(rng, height, width, *, fraction: float = 0.5):
+    if not 0 < fraction <= 1:
+        raise ValueError(f"center: fraction must be in (0, 1], got {fraction}")
+    mask = np.zeros((height, width), bool)
+    side_h, side_w = max(1, round(height * fraction)), max(1, round(width * fraction))
+    top, left = (height - side_h) // 2, (width - side_w) // 2
+    mask[top:top + side_h, left:left + side_w] = True
+    return mask
+
+
+def _random_box(rng, height, width, *, min_side: float = 0.25, max_side: float = 0.5):
+    if not 0 < min_side <= max_side <= 1:
+        raise ValueError(f"random-box: need 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
+    box_h = min(height, max(1, round(rng.uniform(min_side, max_side) * height)))
+    box_w = min(width, max(1, round(rng.uniform(min_side, max_side) * width)))
+    top = int(rng.integers(0, height - box_h + 1))
+    left = int(rng.integers(0, width - box_w + 1))
+    mask = np.zeros((height, width), bool)
+    mask[top:top + box_h, left:left + box_w] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------- strokes
+
+def _draw_stroke(canvas: np.ndarray, rng: np.random.Generator, brush: dict, scale: float) -> None:
+    """One random walk of thick line segments with round joints, drawn in place (value 1)."""
+    height, width = canvas.shape
+    side = min(height, width)
+    thickness = max(1, round(rng.uniform(*brush["width"]) * side * scale))
+    vertices = int(rng.integers(brush["vertices"][0], brush["vertices"][1] + 1))
+    x, y = rng.uniform(0, width - 1), rng.uniform(0, height - 1)
+    angle = rng.uniform(0, 2 * math.pi)
+    points = [(round(x), round(y))]
+    for _ in range(vertices):
+        angle += rng.uniform(-MAX_TURN, MAX_TURN)
+        length = rng.uniform(*brush["length"]) * side * scale
+        x = min(max(x + length * math.cos(angle), 0.0), width - 1.0)
+        y = min(max(y + length * math.sin(angle), 0.0), height - 1.0)
+        points.append((round(x), round(y)))
+    for start, end in zip(points, points[1:]):
+        cv2.line(canvas, start, end, 1, thickness, cv2.LINE_8)
+    for point in points:
+        cv2.circle(canvas, point, thickness // 2, 1, -1, cv2.LINE_8)
+
+
+def _grow(mask: np.ndarray, need: int, rng: np.random.Generator) -> None:
+    """Fallback: add border pixels until ``need`` pixels are holes (never reached in practice)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    count = int(np.count_nonzero(mask))
+    while count < need:
+        ring = (cv2.dilate(mask, kernel) > 0) & (mask == 0) if count else (mask == 0)
+        ys, xs = np.nonzero(ring)
+        take = rng.choice(len(ys), size=min(need - count, len(ys)), replace=False)
+        mask[ys[take], xs[take]] = 1
+        count += len(take)
+
+
+def _check_area(area) -> tuple[float, float]:
+    try:
+        lo, hi = (float(a) for a in area)
+    except (TypeError, ValueError):
+        raise ValueError(f"area must be a (lo, hi) pair, got {area!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"area must satisfy 0 <= lo <= hi <= 1, got {area!r}")
+    return lo, hi
+
+
+def strokes(rng: np.random.Generator, height: int, width: int, brush: str | dict,
+            area: tuple[float, float]) -> np.ndarray:
+    """Free-form strokes of ``brush`` until the hole covers a random target in ``area``."""
+    brush = BRUSHES[brush] if isinstance(brush, str) else brush
+    lo, hi = _check_area(area)
+    total = height * width
+    lo_px = math.ceil(lo * total - 1e-9)
+    hi_px = max(lo_px, math.floor(hi * total + 1e-9))
+    target = int(rng.integers(lo_px, hi_px + 1))
+    mask = np.zeros((height, width), np.uint8)
+    count, scale = 0, 1.0
+    for _ in range(MAX_STROKES):
+        if count >= target:
+            break
+        trial = mask.copy()
+        _draw_stroke(trial, rng, brush, scale)
+        new = int(np.count_nonzero(trial))
+        if new <= hi_px:
+            mask, count = trial, new
+        else:                       # undo: too much; retry with a thinner, shorter stroke
+            scale *= SHRINK
+    if count < lo_px:
+        _grow(mask, lo_px, rng)
+    return mask.astype(bool)
+
+
+def _irregular(rng, height, width, *, brush: str | None = None, area=None, _default="irregular"):
+    """Stroke kinds. ``brush`` None picks one at random; the default area of ``irregular`` is the
+    chosen brush's own range within 10-50 %, so thin brushes are not asked for half the image."""
+    if brush is None:
+        brush = ("thin", "medium", "thick")[int(rng.integers(3))]
+    if brush not in BRUSHES:
+        raise ValueError(f"unknown brush {brush!r}; known: {', '.join(BRUSHES)}")
+    if area is None:
+        area = DEFAULT_AREAS[_default]
+        if _default == "irregular":
+            own = DEFAULT_AREAS[f"irregular-{brush}"]
+            area = (max(area[0], own[0]), min(area[1], own[1]))
+    return strokes(rng, height, width, brush, area)
+
+
+# ----------------------------------------------------------------------------- face parts
+
+@functools.lru_cache(maxsize=8)
+def _parsing_files(folder: str) -> tuple[str, ...]:
+    path = Path(folder)
+    return tuple(sorted((str(p) for p in path.iterdir() if p.suffix.lower() == ".png"),
+                        key=lambda p: (len(Path(p).stem), Path(p).stem)))
+
+
+@functools.lru_cache(maxsize=256)
+def load_parsing(path: str) -> np.ndarray:
+    """A label PNG (palette or grey) -> HxW uint8 labels (read-only, cached)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette or grey label map, got mode {image.mode}")
+        labels = np.array(image, dtype=np.uint8)
+    labels.setflags(write=False)
+    return labels
+
+
+_warned_missing: set[str] = set()
+
+
+def _pick_parsing(rng, parsing, parsing_dir) -> np.ndarray | None:
+    if parsing is not None:
+        labels = np.asarray(parsing)
+        if labels.ndim != 2:
+            raise ValueError(f"parsing must be an HxW label array, got shape {labels.shape}")
+        return labels.astype(np.uint8, copy=False)
+    explicit = parsing_dir is not None
+    folder = Path(parsing_dir) if explicit else default_parsing_dir()
+    files = _parsing_files(str(folder.resolve())) if folder.is_dir() else ()
+    if not files:
+        if explicit:
+            raise FileNotFoundError(f"{folder}: no parsing label maps (*.png) found")
+        if str(folder) not in _warned_missing:
+            _warned_missing.add(str(folder))
+            logger.warning("no face-parsing maps at %s (set %s); using geometric occluders",
+                           folder, PARSING_ENV)
+        return None
+    return load_parsing(files[int(rng.integers(len(files)))])
+
+
+def _resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    if labels.shape == (height, width):
+        return labels
+    return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def _dilate(mask: np.ndarray, fraction: float) -> np.ndarray:
+    radius = max(1, round(fraction * min(mask.shape))) if fraction > 0 else 0
+    if radius == 0:
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask, kernel)
+
+
+def _fill_hull(canvas: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> None:
+    if len(xs) == 0:
+        return
+    points = np.stack([xs, ys], axis=1).astype(np.int32)
+    if len(points) < 3:
+        canvas[ys, xs] = 1
+        return
+    cv2.fillConvexPoly(canvas, cv2.convexHull(points), 1)
+
+
+def _min_pixels(height: int, width: int) -> int:
+    return max(3, round(0.0005 * height * width))
+
+
+def _geometric_eyes(height: int, width: int) -> np.ndarray:
+    """Two lenses and a bridge across rows ~36-50 % of the height."""
+    mask = np.zeros((height, width), np.uint8)
+    cy, ay, ax = 0.43 * height, max(1, round(0.07 * height)), max(1, round(0.15 * width))
+    for cx in (0.33 * width, 0.67 * width):
+        cv2.ellipse(mask, (round(cx), round(cy)), (ax, ay), 0, 0, 360, 1, -1)
+    mask[round(cy - 0.02 * height):round(cy + 0.02 * height) + 1, round(0.33 * width):round(0.67 * width)] = 1
+    return mask.astype(bool)
+
+
+def _geometric_lower(height: int, width: int) -> np.ndarray:
+    """A lower-face cover across rows ~55-90 % of the height."""
+    mask = np.zeros((height, width), np.uint8)
+    cv2.ellipse(mask, (round(0.5 * width), round(0.72 * height)),
+                (max(1, round(0.28 * width)), max(1, round(0.17 * height))), 0, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def sunglasses_from_parsing(labels: np.ndarray, dilate: float = 0.015) -> np.ndarray:
+    """Eyes, brows and eyeglasses hulled per side into two lenses joined by a bridge."""
+    height, width = labels.shape
+    parts = np.isin(labels, EYE_PARTS)
+    if np.count_nonzero(parts) < _min_pixels(height, width):
+        return _geometric_eyes(height, width)
+    ys, xs = np.nonzero(parts)
+    left_eye, right_eye = np.nonzero(labels == L_EYE), np.nonzero(labels == R_EYE)
+    if len(left_eye[1]) and len(right_eye[1]):
+        middle = (left_eye[1].mean() + right_eye[1].mean()) / 2
+    elif np.any(labels == NOSE):
+        middle = np.nonzero(labels == NOSE)[1].mean()
+    else:
+        middle = xs.mean()
+    eyes = np.isin(labels, (L_EYE, R_EYE, EYEGLASSES))
+    canvas = np.zeros((height, width), np.uint8)
+    lenses = []
+    for side in (xs < middle, xs >= middle):
+        side_x, side_y = xs[side], ys[side]
+        if len(side_x) == 0:
+            continue
+        # lenses reach a little below the eye: add the eye pixels shifted down by half their height
+        eye = eyes[side_y, side_x]
+        if np.any(eye):
+            drop = max(1, round(0.5 * (side_y[eye].max() - side_y[eye].min() + 1)))
+            side_x = np.concatenate([side_x, side_x[eye]])
+            side_y = np.concatenate([side_y, np.minimum(side_y[eye] + drop, height - 1)])
+        _fill_hull(canvas, side_x, side_y)
+        lenses.append((side_x.min(), side_x.max(), side_y.min(), side_y.max()))
+    if len(lenses) == 2:                                   # the bridge between the lenses
+        (_, a_right, a_top, a_bottom), (b_left, _, b_top, b_bottom) = sorted(lenses)
+        row = (max(a_top, b_top) + min(a_bottom, b_bottom)) / 2
+        half = max(1, round(0.12 * (min(a_bottom - a_top, b_bottom - b_top) + 1)))
+        if b_left > a_right:
+            canvas[max(0, round(row) - half):round(row) + half + 1, a_right:b_left + 1] = 1
+    return _dilate(canvas, dilate).astype(bool)
+
+
+def surgical_mask_from_parsing(labels: np.ndarray, dilate: float = 0.015) -> np.ndarray:
+    """Nose, mouth and lips plus the skin below the nose top (and below the eyes), hulled."""
+    height, width = labels.shape
+    core = np.isin(labels, LOWER_PARTS)
+    if np.count_nonzero(core) < _min_pixels(height, width):
+        return _geometric_lower(height, width)
+    nose_rows = np.nonzero(labels == NOSE)[0]
+    top = int(nose_rows.min()) if len(nose_rows) else int(np.nonzero(core)[0].min())
+    eye_rows = np.nonzero(np.isin(labels, (L_EYE, R_EYE)))[0]
+    if len(eye_rows):
+        top = max(top, int(eye_rows.max()) + 1)          # the mask stops under the eyes
+    region = core.copy()
+    region[top:] |= labels[top:] == SKIN
+    ys, xs = np.nonzero(region)
+    canvas = np.zeros((height, width), np.uint8)
+    _fill_hull(canvas, xs, ys)
+    return _dilate(canvas, dilate).astype(bool)
+
+
+def _face_part(rng, height, width, *, parsing=None, parsing_dir=None, dilate: float = 0.015, _part):
+    labels = _pick_parsing(rng, parsing, parsing_dir)
+    if labels is None:
+        return _geometric_eyes(height, width) if _part == "sunglasses" else _geometric_lower(height, width)
+    labels = _resize_labels(labels, height, width)
+    if _part == "sunglasses":
+        return sunglasses_from_parsing(labels, dilate)
+    return surgical_mask_from_parsing(labels, dilate)
+
+
+_GENERATORS: dict[str, Callable[..., np.ndarray]] = {
+    "center": _center,
+    "random-box": _random_box,
+    "irregular": functools.partial(_irregular, _default="irregular"),
+    "irregular-thin": functools.partial(_irregular, brush="thin", _default="irregular-thin"),
+    "irregular-medium": functools.partial(_irregular, brush="medium", _default="irregular-medium"),
+    "irregular-thick": functools.partial(_irregular, brush="thick", _default="irregular-thick"),
+    "random": functools.partial(_irregular, _default="random"),
+    "sunglasses": functools.partial(_face_part, _part="sunglasses"),
+    "surgical-mask": functools.partial(_face_part, _part="surgical-mask"),
+}
+assert tuple(_GENERATORS) == MASK_KINDS
+
+__all__ = ["MASK_KINDS", "make_mask", "mask_generator", "mask_area", "default_parsing_dir", "strokes",
+           "sunglasses_from_parsing", "surgical_mask_from_parsing", "load_parsing", "BRUSHES",
+           "DEFAULT_AREAS"]
