@@ -71,6 +71,7 @@ def load_weights(path, device="cpu"):
     method.load_export_state(payload["state_dict"])
     method.eval()
     method.weights_meta = payload.get("meta", {})
+    method.weights_path = str(path)
     return method.to_device(torch.device(device))
 
 

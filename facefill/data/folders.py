@@ -1,0 +1,411 @@
+"""User folders for ``facefill inpaint``: listing, image/mask pairing, decoding, bad-file reporting.
+
+Everything a user hands us goes through here. Nothing in this module raises a traceback for a
+bad file: decoding and mask problems become :class:`FileFailure` with a one-line ``reason``, which
+the engine records in its summary while the batch goes on.
+
+Mask sources, in order of precedence (the first that applies wins):
+
+1. an explicit option: ``--mask-dir D`` (``D/<stem>.*``, or ``D/<stem>_mask.*``), ``--mask FILE``
+   (one mask for every image) or ``--masks KIND`` (generated, deterministic per image index);
+2. ``<stem>_mask.<image suffix>`` beside the image;
+3. detection of a flat-filled occluder (see :func:`detect_occluder`).
+
+Mask files: white (> 127) = hole, binarised at 127 after converting any mode to grey (an alpha
+channel counts as black where transparent); ``invert`` flips the convention. A mask whose size
+differs from its image is refused.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+#: Suffixes (lower case) read as images.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".tif", ".tiff",
+                            ".gif", ".ppm", ".pgm", ".pbm", ".pnm"})
+#: Output format per input suffix; any other suffix -> PNG.
+OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".webp": "WEBP",
+                  ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+MASK_SUFFIX = "_mask"
+COMPARE_SUFFIX = "_compare"
+
+DECODE_REASON = "cannot decode image (truncated or not an image)"
+NO_MASK_REASON = "no mask given and no flat-filled occluder found"
+
+# Occluder detection settings (see detect_occluder for how they were tuned).
+OCCLUDER_MIN_FRACTION = 0.015
+OCCLUDER_MIN_CONTRAST = 24
+OCCLUDER_TOP_COLOURS = 8
+OCCLUDER_DILATE = 2
+
+
+class FileFailure(Exception):
+    """One input that cannot be processed; ``reason`` is the one-line text for the report."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class DecodedImage:
+    """A user image as the model sees it (RGB uint8) plus what the output must keep."""
+
+    path: Path
+    rgb: np.ndarray                  # HxWx3 uint8, EXIF orientation applied
+    alpha: np.ndarray | None         # HxW uint8 when the input had transparency
+    format: str | None               # PIL's name for the input format ("JPEG", "PNG", ...)
+    mode: str                        # the input's PIL mode
+    icc_profile: bytes | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rgb.shape[:2]
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Where one image's mask comes from: ``source`` is the summary's ``mask_sources`` value."""
+
+    source: str                      # beside | mask-dir | mask | generated:<kind> | detected
+    path: Path | None = None         # the mask file (beside, mask-dir, mask)
+    kind: str | None = None          # the generated kind
+    reason: str | None = None        # set when no mask can be found (mask-dir without the stem)
+
+
+# --------------------------------------------------------------------------------------- listing
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _is_input_image(path: Path) -> bool:
+    if not is_image_name(path):
+        return False
+    stem = path.stem.lower()
+    return not (stem.endswith(MASK_SUFFIX) or stem.endswith(COMPARE_SUFFIX))
+
+
+def _files(folder: Path) -> list[Path]:
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder}: no such folder") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(f"{folder}: not a folder") from None
+    return [entry for entry in entries if entry.is_file()]
+
+
+def list_images(folder) -> list[Path]:
+    """Image files directly in ``folder`` (not recursive), sorted by name; ``*_mask.*``,
+    ``*_compare.*`` and hidden files (such as atomic-write temporaries) are left out."""
+    return sorted((p for p in _files(Path(folder)) if _is_input_image(p)), key=lambda p: p.name)
+
+
+def _index_by_stem(files, strip: str = "") -> dict[str, Path]:
+    """stem -> file among image files; ``strip`` removes a stem suffix such as ``_mask``.
+    Where several suffixes share a stem, PNG wins, then the first by name."""
+    index: dict[str, Path] = {}
+    for path in sorted(files, key=lambda p: (p.suffix.lower() != ".png", p.name)):
+        if not is_image_name(path):
+            continue
+        stem = path.stem
+        if strip:
+            if not stem.lower().endswith(strip):
+                continue
+            stem = stem[: -len(strip)]
+        index.setdefault(stem, path)
+    return index
+
+
+def pair_masks(images: list[Path], *, mask_dir=None, mask=None, masks: str | None = None) -> list[MaskSpec]:
+    """One :class:`MaskSpec` per image, by the precedence in the module docstring."""
+    options = (("--mask-dir", mask_dir), ("--mask", mask), ("--masks", masks))
+    given = [name for name, value in options if value]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of {', '.join(given)}")
+    if masks:
+        check_mask_kind(masks)
+        return [MaskSpec(f"generated:{masks}", kind=masks) for _ in images]
+    if mask:
+        mask = Path(mask)
+        if not mask.is_file():
+            raise FileNotFoundError(f"{mask}: no such mask file")
+        return [MaskSpec("mask", path=mask) for _ in images]
+    if mask_dir:
+        mask_dir = Path(mask_dir)
+        files = _files(mask_dir)
+        same_stem, with_suffix = _index_by_stem(files), _index_by_stem(files, MASK_SUFFIX)
+        specs = []
+        for image in images:
+            path = same_stem.get(image.stem) or with_suffix.get(image.stem)
+            specs.append(MaskSpec("mask-dir", path=path) if path else
+                         MaskSpec("mask-dir", reason=f"no mask {image.stem}.* in {mask_dir}"))
+        return specs
+    beside: dict[Path, dict[str, Path]] = {}
+    specs = []
+    for image in images:
+        if image.parent not in beside:
+            beside[image.parent] = _index_by_stem(_files(image.parent), MASK_SUFFIX)
+        path = beside[image.parent].get(image.stem)
+        specs.append(MaskSpec("beside", path=path) if path else MaskSpec("detected"))
+    return specs
+
+
+def check_mask_kind(kind: str) -> None:
+    from facefill.data.masks import MASK_KINDS
+
+    if kind not in MASK_KINDS:
+        raise ValueError(f"unknown mask kind {kind!r}; known: {', '.join(MASK_KINDS)}")
+
+
+# -------------------------------------------------------------------------------------- decoding
+
+def _open(path: Path, what: str) -> Image.Image:
+    """Open and fully load ``path`` with EXIF orientation applied, or raise FileFailure."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's EXIF/ICC chatter on odd files
+            with Image.open(path) as opened:
+                opened.load()
+                try:
+                    image = ImageOps.exif_transpose(opened)
+                except Exception:  # a broken EXIF block: keep the pixels as stored
+                    log.debug("%s: ignoring unreadable EXIF orientation", path)
+                    image = opened.copy()
+                if image is opened:
+                    image = opened.copy()
+                image.format = opened.format
+                return image
+    except Image.DecompressionBombError:
+        raise FileFailure(f"{what} too large to decode safely") from None
+    except FileNotFoundError:
+        raise FileFailure(f"{what} vanished before it could be read") from None
+    except PermissionError:
+        raise FileFailure(f"{what} cannot be read (permission denied)") from None
+    except Exception:  # UnidentifiedImageError, truncated data, SyntaxError, struct.error ...
+        raise FileFailure(DECODE_REASON if what == "image" else f"cannot decode {what}") from None
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    return image.mode in ("P", "L", "RGB") and "transparency" in image.info
+
+
+def _grey16_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    array = array.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if array.size and np.nanmax(array) <= 1.0 else 1.0
+        return np.nan_to_num(array * scale).round().clip(0, 255).astype(np.uint8)
+    if mode.startswith("I;16") or (array.size and array.max() > 255):
+        return (array / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit range
+    return array.clip(0, 255).astype(np.uint8)
+
+
+def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode -> (HxWx3 uint8 RGB, HxW uint8 alpha or None).
+
+    16-bit and 32-bit grey (``I;16``, ``I``, ``F``) are scaled to 8 bits, not clipped."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        grey = _grey16_to_uint8(np.asarray(image), mode)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if _has_alpha(image):
+        rgba = np.asarray(image.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    return np.asarray(image.convert("RGB")), None
+
+
+def decode_image(path) -> DecodedImage:
+    """Read a user image in any mode, EXIF orientation applied, or raise :class:`FileFailure`."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise FileFailure(f"{DECODE_REASON}: empty file")
+    image = _open(path, "image")
+    try:
+        rgb, alpha = to_rgb_alpha(image)
+    except Exception as error:
+        reason = f"cannot convert image mode {image.mode} to RGB ({error.__class__.__name__})"
+        raise FileFailure(reason) from None
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise FileFailure(DECODE_REASON)
+    return DecodedImage(path=path, rgb=rgb, alpha=alpha, format=image.format, mode=image.mode,
+                        icc_profile=image.info.get("icc_profile"))
+
+
+def image_size(path) -> tuple[int, int] | None:
+    """(width, height) from the header, orientation applied; None when it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                try:
+                    if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                        width, height = height, width
+                except Exception:
+                    pass
+                return width, height
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- masks
+
+def read_mask_file(path, shape: tuple[int, int] | None = None, invert: bool = False) -> np.ndarray:
+    """A mask file in any mode -> HxW bool (True = hole); refuses a size other than ``shape``."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise FileFailure(f"cannot decode mask {path} (empty file)")
+    image = _open(path, f"mask {path}")
+    try:
+        rgb, alpha = to_rgb_alpha(image)
+    except Exception:
+        raise FileFailure(f"cannot decode mask {path} (mode {image.mode})") from None
+    grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16)
+    if alpha is not None:  # transparent = not a hole, whatever colour it stores
+        grey = (grey * alpha.astype(np.uint16) + 127) // 255
+    hole = grey > 127
+    if invert:
+        hole = ~hole
+    if shape is not None and hole.shape != tuple(shape):
+        raise FileFailure(f"mask {path} is {hole.shape[1]}x{hole.shape[0]}, "
+                          f"image is {shape[1]}x{shape[0]}")
+    return hole
+
+
+def generated_mask(kind: str, seed: int, index: int, shape: tuple[int, int]) -> np.ndarray:
+    """``make_mask(kind, default_rng([seed, index]), (h, w))``: the same holes on every run."""
+    from facefill.data.masks import make_mask
+
+    hole = np.asarray(make_mask(kind, np.random.default_rng([seed, index]), tuple(shape)), dtype=bool)
+    if hole.shape != tuple(shape):
+        raise FileFailure(f"generated {kind} mask is {hole.shape}, image is {tuple(shape)}")
+    return hole
+
+
+def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACTION,
+                    min_contrast: float = OCCLUDER_MIN_CONTRAST, top_colours: int = OCCLUDER_TOP_COLOURS,
+                    dilate: int = OCCLUDER_DILATE) -> np.ndarray | None:
+    """The hole of a flat-filled occluder (a painted box, sunglasses shape ...), or None.
+
+    Candidates are the 4-connected regions (``cv2.connectedComponentsWithStats``) of one exact
+    RGB colour, for the ``top_colours`` most frequent colours, with an area of at least
+    ``min_fraction`` of the image. Natural photographs have such regions too: clipped black or
+    white backgrounds and hair, flat studio backdrops (about 20 % of CelebA-HQ faces have one of
+    1.5 % or more). They fade into their surroundings, while a painted fill stops at an edge, so
+    a candidate must also have contrast: the median, over a 2-pixel ring around it, of the
+    largest channel difference from the fill colour must reach ``min_contrast``. Measured on
+    2,000 CelebA-HQ and 2,000 aligned-CelebA faces at full size and at 128 px, natural regions
+    have a median ring contrast of at most 10 (99 % at most 3), while a painted fill on a face
+    has 50 or more even with an anti-aliased edge. The largest accepted region is returned,
+    dilated by ``dilate`` pixels to cover a soft edge.
+
+    Lossless fills are what this finds; a fill saved as JPEG keeps an exact core but its ringing
+    edge is wider than the dilation, so give a mask file for those.
+    """
+    import cv2
+
+    rgb = np.asarray(rgb)
+    height, width = rgb.shape[:2]
+    min_area = max(1, int(np.ceil(min_fraction * height * width)))
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    colours, counts = np.unique(packed, return_counts=True)
+    order = np.argsort(counts, kind="stable")[::-1][:top_colours]
+    kernel = np.ones((3, 3), np.uint8)
+    best, best_area = None, 0
+    for i in order:
+        if counts[i] < max(min_area, best_area + 1):
+            break
+        value = int(colours[i])
+        colour = np.array([(value >> 16) & 255, (value >> 8) & 255, value & 255], np.int16)
+        same = (packed == value).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(same, connectivity=4)
+        for label in np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1] + 1:
+            area = int(stats[label, cv2.CC_STAT_AREA])
+            if area < max(min_area, best_area + 1):
+                break
+            region = (labels == label).astype(np.uint8)
+            ring = cv2.dilate(region, kernel, iterations=2).astype(bool) & ~region.astype(bool)
+            if not ring.any():  # the whole image is one colour: nothing to tell it from
+                continue
+            contrast = np.median(np.abs(rgb[ring].astype(np.int16) - colour).max(axis=1))
+            if contrast >= min_contrast:
+                best, best_area = region, area
+    if best is None:
+        return None
+    if dilate > 0:
+        best = cv2.dilate(best, kernel, iterations=dilate)
+    return best.astype(bool)
+
+
+def load_mask(spec: MaskSpec, rgb: np.ndarray, *, index: int = 0, seed: int = 0,
+              invert: bool = False) -> np.ndarray:
+    """The HxW bool hole for one decoded image, or raise :class:`FileFailure`."""
+    shape = rgb.shape[:2]
+    if spec.reason:
+        raise FileFailure(spec.reason)
+    if spec.kind:
+        return generated_mask(spec.kind, seed, index, shape)
+    if spec.path is not None:
+        return read_mask_file(spec.path, shape, invert)
+    hole = detect_occluder(rgb)
+    if hole is None:
+        raise FileFailure(NO_MASK_REASON)
+    return hole
+
+
+# ---------------------------------------------------------------------------------------- output
+
+def output_name(image: Path) -> str:
+    """``<stem><suffix>`` for formats written back as they came, else ``<stem>.png``."""
+    suffix = image.suffix if image.suffix.lower() in OUTPUT_FORMATS else ".png"
+    return image.stem + suffix
+
+
+def output_format(name: str) -> str:
+    """The format an output named ``name`` is written in (from its suffix; PNG if unknown)."""
+    return OUTPUT_FORMATS.get(Path(name).suffix.lower(), "PNG")
+
+
+def keeps_alpha(fmt: str) -> bool:
+    """Whether ``fmt`` can hold the input's alpha channel (a ``.jpg`` that really held a PNG
+    with transparency is written as a JPEG without it, so name and content agree)."""
+    return fmt != "JPEG"
+
+
+def encode_options(fmt: str, decoded: DecodedImage | None = None) -> dict:
+    """Save options per format: JPEG quality 95, lossless WebP, the input's ICC profile."""
+    options: dict = {}
+    if fmt == "JPEG":
+        options.update(quality=95, subsampling=0)
+    elif fmt == "WEBP":
+        options.update(lossless=True, quality=95)
+    elif fmt == "PNG":
+        options.update(compress_level=6)
+    # Keep an RGB colour profile; a CMYK or grey one would not describe the RGB output.
+    if (decoded is not None and decoded.icc_profile and fmt in ("JPEG", "PNG", "WEBP", "TIFF")
+            and decoded.mode in ("RGB", "RGBA", "RGBa", "P", "PA")):
+        options["icc_profile"] = decoded.icc_profile
+    return options
+
+
+def to_pil(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Image.Image:
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB")
+    if alpha is not None:
+        image.putalpha(Image.fromarray(np.ascontiguousarray(alpha, dtype=np.uint8), mode="L"))
+    return image
+
+
+__all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "DECODE_REASON", "NO_MASK_REASON", "FileFailure",
+           "DecodedImage", "MaskSpec", "list_images", "pair_masks", "check_mask_kind", "decode_image",
+           "image_size", "to_rgb_alpha", "read_mask_file", "generated_mask", "detect_occluder",
+           "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil"]

@@ -1,0 +1,1 @@
+"""Engines: training, batch inpainting, evaluation and benchmarks."""

@@ -1,0 +1,475 @@
+"""Batch inpainting: read -> fit to the model -> predict -> paste back -> write (DESIGN.md).
+
+``run_inpaint(config)`` fills every image of a folder and returns the summary it also writes as
+JSON. The reusable pieces (used by ``eval`` and ``bench`` too):
+
+- :func:`fit_to_size` puts an image and its hole into the method's native square (or leaves it
+  alone for methods that work at any size);
+- :func:`paste_back` resizes the fill to the crop and composites it into the original at full
+  resolution, so that only hole pixels change (bit-exact elsewhere);
+- :func:`fill_image` / :func:`fill_batch` do both around ``inpainter.inpaint`` for one image or
+  many (batched by fitted shape).
+
+Fitting to a native size ``S`` (``inpainter.size``):
+
+- a square image is resized whole to SxS;
+- a non-square image is cropped to the square of its short side centred on the hole's bounding
+  box (shifted to stay inside the image), which keeps the face around the hole as context; when
+  the hole's box does not fit in that square the whole image is resized to SxS, distorting the
+  aspect ratio;
+- shrinking uses area interpolation, enlarging bilinear. The hole is grown before it is resized
+  (by half the scale factor plus a pixel) and resized with exact nearest neighbour, so a thin
+  hole never vanishes and no fitted pixel outside the hole mixes in occluder pixels; hole pixels
+  are zeroed before the method sees them, as in ``eval``;
+- the fill comes back to the crop size with bicubic interpolation and replaces only the
+  original hole pixels.
+"""
+from __future__ import annotations
+
+import concurrent.futures as futures
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from facefill import fileio
+from facefill.config import InpaintConfig
+
+log = logging.getLogger(__name__)
+
+EMPTY_MASK_NOTE = "mask has no hole: copied through unchanged"
+
+
+# ------------------------------------------------------------------------------------- fitting
+
+@dataclass
+class Fitted:
+    """An image and hole as the method sees them, and where they came from in the original."""
+
+    image: np.ndarray                 # SxSx3 uint8 (or the full image when the method takes any size)
+    mask: np.ndarray                  # SxS bool, True = hole (grown to cover the original hole)
+    box: tuple[int, int, int, int]    # top, bottom, left, right of the crop in the original
+
+    @property
+    def resized(self) -> bool:
+        top, bottom, left, right = self.box
+        return self.image.shape[:2] != (bottom - top, right - left)
+
+
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    image = np.asarray(image)
+    mask = np.asarray(mask).astype(bool, copy=False)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
+    return image, mask
+
+
+def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The square (top, bottom, left, right) to fit: the short side's square centred on the
+    hole's bounding box, or the whole image when square or when the hole does not fit."""
+    height, width = mask.shape
+    if height == width or not mask.any():
+        return 0, height, 0, width
+    side = min(height, width)
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    if y1 - y0 > side or x1 - x0 > side:
+        return 0, height, 0, width
+    top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
+    left = int(np.clip(round((x0 + x1 - side) / 2), 0, width - side))
+    return top, top + side, left, left + side
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int | None) -> Fitted:
+    """Crop and resize ``image`` (HxWx3 uint8) and ``mask`` (HxW bool) to ``size`` x ``size``;
+    ``size=None`` leaves them at full resolution."""
+    image, mask = _check_pair(image, mask)
+    height, width = mask.shape
+    if size is None:
+        return Fitted(image, mask, (0, height, 0, width))
+    size = int(size)
+    top, bottom, left, right = crop_box(mask)
+    crop, hole = image[top:bottom, left:right], mask[top:bottom, left:right]
+    crop_h, crop_w = hole.shape
+    if (crop_h, crop_w) == (size, size):
+        return Fitted(np.ascontiguousarray(crop), hole.copy(), (top, bottom, left, right))
+    shrink = crop_h >= size and crop_w >= size
+    fitted = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    # Grow the hole by the source footprint of one fitted pixel (+1 for interpolation), then
+    # pick exact nearest neighbours: every fitted pixel that touches a hole pixel is a hole.
+    ry = math.ceil(crop_h / size / 2) + 1
+    rx = math.ceil(crop_w / size / 2) + 1
+    grown = cv2.dilate(hole.astype(np.uint8), np.ones((2 * ry + 1, 2 * rx + 1), np.uint8))
+    small = cv2.resize(grown, (size, size), interpolation=cv2.INTER_NEAREST_EXACT) > 0
+    return Fitted(fitted, small, (top, bottom, left, right))
+
+
+def paste_back(image: np.ndarray, mask: np.ndarray, fitted: Fitted, fill: np.ndarray) -> np.ndarray:
+    """Composite ``fill`` (the method's output for ``fitted``: HxWx3 float in [0, 1] or uint8)
+    into a copy of ``image``: only pixels where ``mask`` is True change."""
+    image, mask = _check_pair(image, mask)
+    fill = np.asarray(fill)
+    if fill.dtype != np.uint8:
+        fill = fill.astype(np.float32)
+    else:
+        fill = fill.astype(np.float32) / 255.0
+    top, bottom, left, right = fitted.box
+    crop_h, crop_w = bottom - top, right - left
+    if fill.shape[:2] != (crop_h, crop_w):
+        fill = cv2.resize(fill, (crop_w, crop_h), interpolation=cv2.INTER_CUBIC)
+    fill = (fill * 255.0).round().clip(0, 255).astype(np.uint8)
+    out = image.copy()
+    region = out[top:bottom, left:right]
+    hole = mask[top:bottom, left:right]
+    region[hole] = fill[hole]
+    return out
+
+
+# ------------------------------------------------------------------------------------- filling
+
+def _as_device(device) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device or "cpu")
+
+
+def _predict(inpainter, fitted: list[Fitted], device: torch.device) -> list[np.ndarray]:
+    images = torch.from_numpy(np.stack([f.image for f in fitted])).permute(0, 3, 1, 2).float().div(255.0)
+    masks = torch.from_numpy(np.stack([f.mask for f in fitted])[:, None]).float()
+    images = images * (1 - masks)  # the method never sees what the hole holds (as in eval)
+    with torch.no_grad():
+        out = inpainter.inpaint(images.to(device), masks.to(device))
+    out = out.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    return list(out)
+
+
+def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], device="cpu",
+               batch_size: int = 8) -> list[np.ndarray]:
+    """Fill many images (HxWx3 uint8, any sizes) with their holes (HxW bool, True = hole).
+
+    Images are fitted to ``inpainter.size`` (:func:`fit_to_size`), grouped by fitted shape into
+    batches of ``batch_size`` for ``inpainter.inpaint`` on ``device``, and pasted back at full
+    resolution (:func:`paste_back`). Returns HxWx3 uint8 arrays in input order; only hole pixels
+    differ from the inputs. An image without a hole comes back as an unchanged copy."""
+    if len(images) != len(masks):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    device = _as_device(device)
+    size = getattr(inpainter, "size", None)
+    results: list[np.ndarray | None] = [None] * len(images)
+    groups: dict[tuple, list[tuple[int, Fitted]]] = defaultdict(list)
+    for index, (image, mask) in enumerate(zip(images, masks)):
+        image, mask = _check_pair(image, mask)
+        if not mask.any():
+            results[index] = image.copy()
+            continue
+        fitted = fit_to_size(image, mask, size)
+        groups[fitted.image.shape].append((index, fitted))
+    step = max(1, int(batch_size))
+    for members in groups.values():
+        for start in range(0, len(members), step):
+            chunk = members[start:start + step]
+            fills = _predict(inpainter, [f for _, f in chunk], device)
+            for (index, fitted), fill in zip(chunk, fills):
+                results[index] = paste_back(images[index], masks[index], fitted, fill)
+    return results
+
+
+def fill_image(inpainter, image_uint8: np.ndarray, mask_bool: np.ndarray, device="cpu") -> np.ndarray:
+    """Fill one HxWx3 uint8 image's hole (HxW bool); only hole pixels change."""
+    return fill_batch(inpainter, [image_uint8], [mask_bool], device, batch_size=1)[0]
+
+
+def comparison_image(image: np.ndarray, mask: np.ndarray, filled: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Side by side: the input with its hole tinted red | the filled image (white gap between)."""
+    shown = image.astype(np.float32)
+    shown[mask] = shown[mask] * 0.4 + np.array([255.0, 0.0, 0.0]) * 0.6
+    spacer = np.full((image.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([shown.round().astype(np.uint8), spacer, filled], axis=1)
+
+
+# ---------------------------------------------------------------------------------- the command
+
+@dataclass
+class _Item:
+    index: int
+    path: Path
+    name: str                 # the file's name in IN: how the summary refers to it
+    output: Path
+    spec: object              # folders.MaskSpec
+
+
+@dataclass
+class _Loaded:
+    item: _Item
+    decoded: object           # folders.DecodedImage
+    hole: np.ndarray
+
+
+class _Run:
+    """State of one ``run_inpaint`` call: results per item, thread pool, progress."""
+
+    def __init__(self, config: InpaintConfig, items: list[_Item]):
+        self.config = config
+        self.items = items
+        self.status: dict[int, tuple[str, str | None]] = {}   # index -> (done|skipped|failed, reason)
+        self.notes: dict[str, str] = {}
+
+    def fail(self, item: _Item, reason: str) -> None:
+        self.status[item.index] = ("failed", reason)
+        log.debug("%s: %s", item.path, reason)
+
+    def done(self, item: _Item) -> None:
+        self.status[item.index] = ("done", None)
+
+
+def _load(item: _Item, config: InpaintConfig):
+    """Decode one image and get its hole (in a worker thread)."""
+    from facefill.data import folders
+
+    try:
+        decoded = folders.decode_image(item.path)
+        hole = folders.load_mask(item.spec, decoded.rgb, index=item.index, seed=config.seed,
+                                 invert=config.invert_mask)
+        return _Loaded(item, decoded, hole)
+    except folders.FileFailure as failure:
+        return failure.reason
+    except Exception as error:  # never a traceback for one bad file
+        log.debug("loading %s failed", item.path, exc_info=True)
+        return f"cannot read ({error.__class__.__name__}: {error})"
+
+
+def _write(loaded: _Loaded, filled: np.ndarray | None, config: InpaintConfig) -> str | None:
+    """Encode and write one output (and its comparison) atomically; a reason on failure."""
+    from facefill.data import folders
+
+    item, decoded = loaded.item, loaded.decoded
+    try:
+        if filled is None:  # no hole: the input itself, byte for byte when the format allows
+            filled = decoded.rgb
+            if item.output.suffix.lower() == item.path.suffix.lower():
+                fileio.write_bytes_atomic(item.output, item.path.read_bytes())
+                filled = None
+        if filled is not None:
+            fmt = folders.output_format(item.output.name)
+            image = folders.to_pil(filled, decoded.alpha if folders.keeps_alpha(fmt) else None)
+            fileio.write_image_atomic(item.output, image, format=fmt, **folders.encode_options(fmt, decoded))
+        if config.save_comparison:
+            after = decoded.rgb if filled is None else filled
+            compare = comparison_image(decoded.rgb, loaded.hole, after)
+            fileio.write_image_atomic(item.output.parent / f"{item.path.stem}_compare.png",
+                                      folders.to_pil(compare), format="PNG")
+        return None
+    except OSError as error:
+        detail = error.strerror or str(error) or error.__class__.__name__
+        return f"cannot write {item.output}: {detail}"
+    except Exception as error:
+        log.debug("writing %s failed", item.output, exc_info=True)
+        return f"cannot encode {item.output.name} ({error.__class__.__name__}: {error})"
+
+
+def _progress(total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("inpainting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True, disable=not sys.stderr.isatty() or total == 0)
+
+
+def _weights_path(config: InpaintConfig, inpainter, image_size) -> str | None:
+    if config.weights:
+        return str(config.weights)
+    path = getattr(inpainter, "weights_path", None)
+    if path:
+        return str(path)
+    if getattr(inpainter, "trainable", False):
+        from facefill.checkpoint import best_shipped
+
+        card = best_shipped(image_size, getattr(inpainter, "name", None))
+        return card["path"] if card else None
+    return None
+
+
+def _plan(config: InpaintConfig):
+    """List inputs, pair masks, decide outputs; usage errors raise ValueError/FileNotFoundError."""
+    from facefill.data import folders
+
+    input_dir, output_dir = Path(config.input_dir), Path(config.output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"{input_dir}: no such folder")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"{output_dir}: exists and is not a folder")
+    if output_dir.exists() and output_dir.resolve() == input_dir.resolve():
+        raise ValueError(f"{output_dir}: the output folder must differ from the input folder")
+    images = folders.list_images(input_dir)
+    if not images:
+        raise ValueError(f"{input_dir}: no images found")
+    specs = folders.pair_masks(images, mask_dir=config.mask_dir, mask=config.mask, masks=config.masks)
+    items, owners = [], {}
+    collisions = {}
+    for index, (path, spec) in enumerate(zip(images, specs)):
+        output = output_dir / folders.output_name(path)
+        if output.name in owners:
+            collisions[index] = f"output {output.name} would overwrite the output of {owners[output.name]}"
+        owners.setdefault(output.name, path.name)
+        items.append(_Item(index, path, path.name, output, spec))
+    return items, collisions
+
+
+def run_inpaint(config: InpaintConfig) -> dict:
+    """Fill every image of ``config.input_dir`` into ``config.output_dir``; return the summary.
+
+    Bad files (undecodable, wrong-size mask, no mask and no occluder, a failed write) are
+    recorded in ``summary["failed"]`` and the batch goes on; existing outputs are skipped
+    unless ``config.overwrite``. The summary is also written to ``config.summary`` (default
+    ``OUT/summary.json``) atomically."""
+    from facefill.checkpoint import resolve_inpainter
+    from facefill.data import folders
+    from facefill.devices import resolve_device
+
+    start = time.perf_counter()
+    items, collisions = _plan(config)
+    run = _Run(config, items)
+    output_dir = Path(config.output_dir)
+    device = resolve_device(config.device)
+
+    todo = []
+    for item in items:
+        if item.index in collisions:
+            run.fail(item, collisions[item.index])
+        elif item.output.exists() and not config.overwrite:
+            run.status[item.index] = ("skipped", None)
+        else:
+            todo.append(item)
+
+    first = next((s for s in (folders.image_size(i.path) for i in items) if s), None)
+    image_size = min(first) if first else None
+    inpainter = resolve_inpainter(config.method, config.weights, device, image_size)
+    if config.steps is not None:
+        if hasattr(inpainter, "steps"):
+            inpainter.steps = config.steps
+        else:
+            log.warning("method %s takes no --steps; ignored", getattr(inpainter, "name", "?"))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+
+    batch = max(1, int(config.batch_size))
+    workers = max(1, int(config.workers))
+    with futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="facefill-io") as pool, \
+            _progress(len(todo)) as progress:
+        task = progress.add_task("inpainting", total=len(todo))
+        writes: list[tuple[_Item, futures.Future]] = []
+
+        def settle(limit: int) -> None:
+            while len(writes) > limit:
+                item, future = writes.pop(0)
+                reason = future.result()
+                run.fail(item, reason) if reason else run.done(item)
+                progress.advance(task)
+
+        chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)]
+        pending = [pool.submit(_load, item, config) for item in chunks[0]] if chunks else []
+        for number, chunk in enumerate(chunks):
+            loaded_results = [future.result() for future in pending]
+            if number + 1 < len(chunks):  # decode the next chunk while this one is filled
+                pending = [pool.submit(_load, item, config) for item in chunks[number + 1]]
+            ready, empty = [], []
+            for item, result in zip(chunk, loaded_results):
+                if isinstance(result, str):
+                    run.fail(item, result)
+                    progress.advance(task)
+                elif not result.hole.any():
+                    run.notes[item.name] = EMPTY_MASK_NOTE
+                    empty.append(result)
+                else:
+                    ready.append(result)
+            filled = _fill_chunk(inpainter, ready, device, batch, run)
+            for loaded in empty:
+                writes.append((loaded.item, pool.submit(_write, loaded, None, config)))
+            for loaded, image in zip(ready, filled):
+                if image is not None:
+                    writes.append((loaded.item, pool.submit(_write, loaded, image, config)))
+                else:
+                    progress.advance(task)
+            settle(4 * batch)
+        settle(0)
+
+    seconds = time.perf_counter() - start
+    summary = _summary(run, config, inpainter, device, image_size, seconds)
+    summary_path = Path(config.summary) if config.summary else output_dir / "summary.json"
+    try:
+        fileio.write_json_atomic(summary_path, summary)
+    except OSError as error:
+        log.warning("cannot write the summary %s: %s", summary_path, error.strerror or error)
+    _report(summary, items, run)
+    return summary
+
+
+def _fill_chunk(inpainter, ready: list[_Loaded], device, batch: int, run: _Run) -> list:
+    """Fill a chunk; if the batch fails, retry image by image so one bad input fails alone."""
+    if not ready:
+        return []
+    try:
+        return fill_batch(inpainter, [r.decoded.rgb for r in ready], [r.hole for r in ready], device, batch)
+    except Exception as error:
+        if len(ready) == 1:
+            run.fail(ready[0].item, f"inpainting failed ({error.__class__.__name__}: {error})")
+            log.debug("inpainting %s failed", ready[0].item.path, exc_info=True)
+            return [None]
+        log.debug("batch failed (%s); retrying one image at a time", error)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return [_fill_chunk(inpainter, [r], device, 1, run)[0] for r in ready]
+
+
+def _summary(run: _Run, config: InpaintConfig, inpainter, device, image_size, seconds: float) -> dict:
+    done, skipped, failed, sources = [], [], [], {}
+    for item in run.items:
+        state, reason = run.status.get(item.index, ("failed", "not processed"))
+        if state == "done":
+            done.append(item.name)
+        elif state == "skipped":
+            skipped.append(item.name)
+        else:
+            failed.append({"file": item.name, "reason": reason})
+        if state != "skipped":
+            sources[item.name] = item.spec.source
+    summary = {
+        "method": getattr(inpainter, "name", None) or inpainter.__class__.__name__,
+        "weights": _weights_path(config, inpainter, image_size),
+        "device": str(device),
+        "input_dir": str(config.input_dir),
+        "output_dir": str(config.output_dir),
+        "done": done,
+        "skipped": skipped,
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(done) / seconds, 3) if seconds > 0 else None,
+        "mask_sources": sources,
+    }
+    if run.notes:
+        summary["notes"] = dict(run.notes)
+    return summary
+
+
+def _report(summary: dict, items: list[_Item], run: _Run) -> None:
+    """One line of totals, then one ``failed: <file>: <reason>`` line per failure, to stderr."""
+    paths = {item.name: item.path for item in items}
+    rate = summary["images_per_second"]
+    line = (f"{summary['method']}: {len(summary['done'])} done, {len(summary['skipped'])} skipped, "
+            f"{len(summary['failed'])} failed in {summary['seconds']:.1f} s"
+            + (f" ({rate:.2f} images/s)" if rate else "") + f" -> {summary['output_dir']}")
+    print(line, file=sys.stderr)
+    for failure in summary["failed"]:
+        print(f"failed: {paths.get(failure['file'], failure['file'])}: {failure['reason']}", file=sys.stderr)
+
+
+__all__ = ["Fitted", "crop_box", "fit_to_size", "paste_back", "fill_batch", "fill_image",
+           "comparison_image", "run_inpaint", "EMPTY_MASK_NOTE"]
