@@ -202,3 +202,16 @@ def test_distributed_training_on_two_cpu_processes(tiny_dataset, tmp_path):
     for key in rank0:
         assert torch.allclose(rank0[key], rank1[key], atol=1e-6), key
     assert [p.name for p in (tmp_path / "run").glob("ckpt-*.pt")] == ["ckpt-0000003.pt"]
+
+
+def test_ema_warms_up_so_the_random_init_is_forgotten():
+    from facefill.engine.train import EMA
+
+    module = torch.nn.Linear(2, 2)
+    ema = EMA({"g": module}, decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10 ** 6) == 0.999
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    for step in range(200):
+        ema.update({"g": module}, step)
+    assert torch.allclose(ema.modules["g"].weight, torch.ones(2, 2), atol=1e-3)

@@ -89,12 +89,17 @@ class EMA:
         self.decay = decay
         self.modules = {name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in modules.items()}
 
+    def decay_at(self, step: int) -> float:
+        """Warm-up as in timm/TF: early averages would otherwise be dominated by the random init."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, modules: dict) -> None:
+    def update(self, modules: dict, step: int) -> None:
+        decay = self.decay_at(step)
         for name, module in modules.items():
             shadow = self.modules[name]
             for ema_p, p in zip(shadow.parameters(), module.parameters()):
-                ema_p.lerp_(p, 1 - self.decay)
+                ema_p.lerp_(p, 1 - decay)
             for ema_b, b in zip(shadow.buffers(), module.buffers()):
                 ema_b.copy_(b)
 
@@ -254,7 +259,7 @@ class Trainer:
                 logs = self.method.training_step(batch, self.step)
             self.step += 1
             if self.ema:
-                self.ema.update(self.method.inference_modules())
+                self.ema.update(self.method.inference_modules(), self.step)
             self.seconds = seconds_before + time.time() - start
             progress.update(1)
             progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
