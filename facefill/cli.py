@@ -155,11 +155,14 @@ def train(method, config_file, sets, **flags):
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("weights", type=click.Path(dir_okay=False))
 @click.option("--data", help="Evaluate on this prepared data folder's test split and record it in the card.")
-def export(checkpoint, weights, data):
+@click.option("--masks", default="center,random-box,irregular", show_default=True,
+              help="Stored mask kinds to evaluate with --data (those present).")
+@click.option("--note", "notes", multiple=True, help="A remark for the card (repeatable).")
+def export(checkpoint, weights, data, masks, notes):
     """Write the inference-only weights file and its JSON card from a training checkpoint."""
     from facefill.engine.train import export_checkpoint
 
-    card = _run(export_checkpoint, checkpoint, weights, data)
+    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes)
     click.echo(f"wrote {weights} ({card['parameters']:,} parameters)")
 
 

@@ -338,7 +338,7 @@ def train(config: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------- export
-def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",)) -> dict:
+def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",), notes=()) -> dict:
     """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
     test-split metrics from ``facefill eval`` are measured and recorded in the card."""
     state = load_checkpoint(checkpoint)
@@ -357,7 +357,8 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
             "batch_size": train_config["batch_size"], "ema": train_config["ema"],
             "command": state.get("command"), "device": state.get("device"),
             "wall_time_minutes": round(state["train_seconds"] / 60, 1),
-            "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {}}
+            "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {},
+            "notes": list(notes)}
     export_weights(method, weights, meta)
     if data:
         meta["metrics"] = evaluate_weights(weights, data, mask_kinds)
