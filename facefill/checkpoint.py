@@ -38,13 +38,19 @@ def config_dict(config) -> dict:
     return dataclasses.asdict(config) if config is not None else {}
 
 
+def half_precision(state: dict) -> dict:
+    """Float tensors stored as float16 (half the file; loading casts back to the model's float32)."""
+    return {k: half_precision(v) if isinstance(v, dict) else v.half() if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
 def weights_payload(method, meta: dict) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "method": method.name,
         "config": config_dict(method.config),
-        "state_dict": method.export_state(),
-        "meta": {"facefill_version": facefill.__version__, **meta},
+        "state_dict": half_precision(method.export_state()),
+        "meta": {"facefill_version": facefill.__version__, "storage": "float16", **meta},
     }
 
 

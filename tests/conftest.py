@@ -1,6 +1,7 @@
 """Shared fixtures: a handful of real CelebA faces, made tiny, so tests stay fast."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ CELEBA_HQ = SHARED_DATA / "celeba-hq"
 def _deterministic():
     torch.manual_seed(0)
     np.random.seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # two threads on a loaded 2-core machine wait on each other
 
 
 def _celeba_files(count: int) -> list[Path]:
@@ -25,6 +26,12 @@ def _celeba_files(count: int) -> list[Path]:
     if len(files) < count:
         pytest.skip("../shared/data/celeba-aligned is not available")
     return files
+
+
+def save_tiny_face(source: Path, target: Path, size: int = 32) -> None:
+    """The aligned-CelebA face square (rows 20..198), resized to ``size``."""
+    with Image.open(source) as image:
+        image.convert("RGB").crop((0, 20, 178, 198)).resize((size, size), Image.Resampling.LANCZOS).save(target)
 
 
 @pytest.fixture
@@ -43,9 +50,7 @@ def tiny_faces(tmp_path) -> Path:
     folder = tmp_path / "faces"
     folder.mkdir()
     for file in _celeba_files(6):
-        with Image.open(file) as image:
-            image.convert("RGB").crop((0, 20, 178, 198)).resize((32, 32), Image.Resampling.LANCZOS) \
-                .save(folder / f"{file.stem}.png")
+        save_tiny_face(file, folder / f"{file.stem}.png")
     return folder
 
 
@@ -57,14 +62,11 @@ def tiny_dataset(tmp_path) -> Path:
     for split, chunk in (("train", files[:8]), ("test", files[8:])):
         (root / split).mkdir(parents=True)
         for file in chunk:
-            with Image.open(file) as image:
-                image.convert("RGB").crop((0, 20, 178, 198)).resize((32, 32), Image.Resampling.LANCZOS) \
-                    .save(root / split / f"{file.stem}.png")
+            save_tiny_face(file, root / split / f"{file.stem}.png")
     (root / "masks" / "center").mkdir(parents=True)
     mask = np.zeros((32, 32), np.uint8)
     mask[8:24, 8:24] = 255
     for file in files[8:]:
         Image.fromarray(mask).save(root / "masks" / "center" / f"{file.stem}.png")
-    import json
     (root / "manifest.json").write_text(json.dumps({"size": 32, "counts": {"train": 8, "test": 4}}))
     return root

@@ -437,7 +437,7 @@ def _plot_curves(run_path: Path) -> None:
         return
     records = [json.loads(line) for line in (run_path / "log.jsonl").read_text().splitlines() if line.strip()]
     losses = {key: [(r["step"], r[key]) for r in records if key in r]
-              for key in ("loss", "rec", "d_loss", "g_adv")}
+              for key in ("loss", "rec", "d_loss", "g_adv", "wasserstein")}
     losses = {k: v for k, v in losses.items() if v}
     if losses:
         line_plot(losses, run_path / "losses.png", "training losses", "step", "loss")

@@ -1,2 +1,2 @@
 """Importing this package registers every built-in method."""
-from facefill.methods import baselines, classical, dense_gan  # noqa: F401
+from facefill.methods import baselines, classical, ddpm_ffc, dense_gan, glcic, wgan  # noqa: F401
