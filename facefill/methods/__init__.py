@@ -1,2 +1,3 @@
 """Importing this package registers every built-in method."""
-from facefill.methods import baselines, classical, ddpm_ffc, dense_gan, glcic, wgan  # noqa: F401
+from facefill.methods import (  # noqa: F401
+    baselines, classical, ddpm_ffc, dense_gan, glcic, two_stage_gan, wgan)
