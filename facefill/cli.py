@@ -103,7 +103,13 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
                                seed=seed, workers=workers)
     manifest = _run(run_prepare, config)
     counts = manifest["counts"]
+    for skipped in manifest["skipped"]:
+        click.echo(f"skipped: {skipped['file']}: {skipped['reason']}", err=True)
     click.echo(f"{data}: {counts['train']} train, {counts['test']} test, {counts['skipped']} skipped")
+    if counts["train"] + counts["test"] == 0:
+        raise UsageFailure(f"{src}: no usable face images")
+    if counts["skipped"]:
+        sys.exit(1)
 
 
 @main.command()

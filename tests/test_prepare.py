@@ -209,3 +209,19 @@ def test_cli_prepare(celeba_sources, tmp_path):
     (tmp_path / "nothing").mkdir()
     result = CliRunner().invoke(main, ["prepare", str(tmp_path / "nothing"), str(out)])
     assert result.exit_code == 2 and "no images found" in result.output
+
+
+def test_cli_prepare_reports_skipped_files_and_exits_non_zero(celeba_sources, tmp_path):
+    from facefill.cli import main
+
+    (celeba_sources / "broken.jpg").write_bytes(b"")
+    result = CliRunner().invoke(main, ["prepare", str(celeba_sources), str(tmp_path / "data"), "--size", "32"])
+    assert result.exit_code == 1
+    assert "skipped: broken.jpg:" in result.output and "1 skipped" in result.output
+    assert len(list((tmp_path / "data" / "train").glob("*.png"))) > 0  # the good files are still prepared
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_text("not an image")
+    result = CliRunner().invoke(main, ["prepare", str(only_bad), str(tmp_path / "data2")])
+    assert result.exit_code == 2 and "no usable face images" in result.output
