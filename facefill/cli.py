@@ -218,14 +218,15 @@ def inpaint(**options):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--sample-grid", default=8, show_default=True, help="Images shown in the HTML report's grid.")
+@click.option("--steps", type=int, help="Sampling steps (diffusion) or latent-search iterations (wgan).")
 @click.option("--seed", default=0, show_default=True)
-def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, seed):
+def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, seed):
     """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
     from facefill.engine.evaluate import run_eval
 
     config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
                             report=report, limit=limit, device=device, batch_size=batch_size,
-                            sample_grid=sample_grid, seed=seed)
+                            sample_grid=sample_grid, steps=steps, seed=seed)
     _run(run_eval, config)
 
 

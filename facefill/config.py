@@ -53,6 +53,7 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = 16
     sample_grid: int = 8               # images shown in the HTML grid
+    steps: int | None = None           # sampler steps / optimisation iterations
     seed: int = 0
 
 

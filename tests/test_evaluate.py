@@ -265,3 +265,22 @@ def test_cli_eval(tiny_dataset, tmp_path):
                                     "--methods", "telea", "--report", str(report)])
     assert bad.exit_code == 2
     assert "error:" in bad.output and "--masks sunglasses" in bad.output
+
+
+def test_eval_steps_reach_methods_that_take_them(tiny_dataset, tmp_path, monkeypatch):
+    from facefill.config import EvalConfig
+    from facefill.engine import evaluate
+    from facefill.methods.classical import Telea
+
+    seen = []
+    monkeypatch.setattr(Telea, "steps", None, raising=False)
+    original = evaluate.set_steps
+
+    def spy(inpainter, steps):
+        original(inpainter, steps)
+        seen.append(inpainter.steps)
+
+    monkeypatch.setattr(evaluate, "set_steps", spy)
+    evaluate.run_eval(EvalConfig(data=str(tiny_dataset), masks="center", methods=("telea",), steps=7,
+                                 report=str(tmp_path / "r")))
+    assert seen == [7]

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from facefill.config import EvalConfig
+from facefill.methods.base import set_steps
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +430,8 @@ def run_eval(config: EvalConfig) -> dict:
     if manifest.get("size") and shape != (size, size):
         log.warning("manifest says %d px, test images are %dx%d", size, shape[1], shape[0])
     entries = resolve_methods(config, device, size)
+    for entry in entries:
+        set_steps(entry.inpainter, config.steps)
 
     grid_items = items[:max(config.sample_grid, 0)]
     keep = {item.stem for item in grid_items}

@@ -331,6 +331,7 @@ def run_inpaint(config: InpaintConfig) -> dict:
     unless ``config.overwrite``. The summary is also written to ``config.summary`` (default
     ``OUT/summary.json``) atomically."""
     from facefill.checkpoint import resolve_inpainter
+    from facefill.methods.base import set_steps
     from facefill.data import folders
     from facefill.devices import resolve_device
 
@@ -352,11 +353,7 @@ def run_inpaint(config: InpaintConfig) -> dict:
     first = next((s for s in (folders.image_size(i.path) for i in items) if s), None)
     image_size = min(first) if first else None
     inpainter = resolve_inpainter(config.method, config.weights, device, image_size)
-    if config.steps is not None:
-        if hasattr(inpainter, "steps"):
-            inpainter.steps = config.steps
-        else:
-            log.warning("method %s takes no --steps; ignored", getattr(inpainter, "name", "?"))
+    set_steps(inpainter, config.steps)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 

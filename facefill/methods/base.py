@@ -82,6 +82,18 @@ class TrainableInpainter(Inpainter, nn.Module):
         return next(self.parameters()).device
 
 
+def set_steps(inpainter: Inpainter, steps: int | None) -> None:
+    """``--steps``: sampler steps (diffusion) or optimisation iterations (latent search)."""
+    if steps is None:
+        return
+    if not hasattr(inpainter, "steps"):
+        import logging
+
+        logging.getLogger(__name__).warning("method %s takes no --steps; ignored", inpainter.name)
+        return
+    inpainter.steps = steps
+
+
 def average_gradients(parameters) -> None:
     """Sum gradients over torch.distributed ranks and divide by the world size: what
     DistributedDataParallel does, done per optimiser step because GAN methods run several
