@@ -221,3 +221,22 @@ def test_ema_warms_up_so_the_random_init_is_forgotten():
     for step in range(200):
         ema.update({"g": module}, step)
     assert torch.allclose(ema.modules["g"].weight, torch.ones(2, 2), atol=1e-3)
+
+
+def test_config_file_then_set_then_flags_take_precedence(tiny_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from facefill.cli import main
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\nsteps = 1\nbatch_size = 4\nworkers = 0\n\n'
+                    '[method]\nbase_channels = 8\ngrowth = 4\nmax_channels = 16\nlosses = "rec"\n')
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--method", "dense-gan", "--data", str(tiny_dataset),
+                                       "--config", str(toml), "--set", "growth=2", "--set", "batch_size=3",
+                                       "--batch-size", "2", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["steps"] == 1 and saved["train"]["batch_size"] == 2  # flag beats --set beats file
+    assert saved["method"]["base_channels"] == 8 and saved["method"]["growth"] == 2  # --set beats file
+    assert saved["method"]["losses"] == "rec"
