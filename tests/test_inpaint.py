@@ -319,3 +319,19 @@ def test_bundled_examples(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(summary["done"]) == 6 and summary["failed"] == []
     assert sorted(set(summary["mask_sources"].values())) == ["beside", "detected"]
+
+
+def test_torchrun_ranks_share_the_files(tmp_path, monkeypatch):
+    from facefill.config import InpaintConfig
+    from facefill.engine.inpaint import run_inpaint
+
+    examples = Path(__file__).resolve().parents[1] / "facefill" / "examples" / "occluded"
+    done = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        summary = run_inpaint(InpaintConfig(str(examples), str(tmp_path / "out"), method="telea"))
+        assert (tmp_path / "out" / f"summary-rank{rank}.json").exists()
+        done.append(set(summary["done"]))
+    assert done[0] and done[1] and not done[0] & done[1]
+    assert len(done[0] | done[1]) == 6

@@ -29,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import logging
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -320,7 +321,15 @@ def _plan(config: InpaintConfig):
             collisions[index] = f"output {output.name} would overwrite the output of {owners[output.name]}"
         owners.setdefault(output.name, path.name)
         items.append(_Item(index, path, path.name, output, spec))
+    rank, world = _rank_and_world()
+    if world > 1:  # under torchrun each process fills its own share of the files
+        items = items[rank::world]
+        collisions = {i.index: collisions[i.index] for i in items if i.index in collisions}
     return items, collisions
+
+
+def _rank_and_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def run_inpaint(config: InpaintConfig) -> dict:
@@ -400,7 +409,9 @@ def run_inpaint(config: InpaintConfig) -> dict:
 
     seconds = time.perf_counter() - start
     summary = _summary(run, config, inpainter, device, image_size, seconds)
-    summary_path = Path(config.summary) if config.summary else output_dir / "summary.json"
+    rank, world = _rank_and_world()
+    default_name = f"summary-rank{rank}.json" if world > 1 else "summary.json"
+    summary_path = Path(config.summary) if config.summary else output_dir / default_name
     try:
         fileio.write_json_atomic(summary_path, summary)
     except OSError as error:
