@@ -13,6 +13,7 @@ from facefill.diffusion import DDIMScheduler, DDPMScheduler, NoiseScheduler
 from facefill.methods.ddpm_ffc import CosineDecay, augment
 from facefill.nn.ffc import FFC, FFCResBlock, FourierUnit
 from facefill.registry import create_method
+from batches import centre_batch
 
 TINY = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_resolutions": (8,),
         "num_heads": 2, "ffc_blocks": 1, "timesteps": 20, "beta_start": 1e-4, "beta_end": 0.2, "sample_steps": 3}
@@ -25,10 +26,7 @@ def tiny_method(size=16, **extra):
 
 
 def batch(size=16, count=2):
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.zeros(count, 1, size, size)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-    return {"image": torch.rand(count, 3, size, size, generator=generator), "mask": mask}
+    return centre_batch(size, count)
 
 
 def jitter_weights(module, scale=0.05):

@@ -12,6 +12,7 @@ from facefill.checkpoint import export_weights, half_precision, load_weights
 from facefill.methods.glcic import VGG16_TO_RELU3_3, training_phase
 from facefill.nn.dilated import DilatedCompletionNet, GLDiscriminator, hole_crop_boxes, local_crop
 from facefill.registry import create_method
+from batches import centre_batch
 
 TINY = {"base_channels": 4, "disc_channels": 4, "disc_features": 16}
 
@@ -23,10 +24,7 @@ def tiny_glcic(size=16, **extra):
 
 
 def batch(size=16, count=4):
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.zeros(count, 1, size, size)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-    return {"image": torch.rand(count, 3, size, size, generator=generator), "mask": mask}
+    return centre_batch(size, count)
 
 
 def box_mask(size, top, left, height, width):

@@ -13,6 +13,7 @@ from facefill.checkpoint import load_checkpoint, load_weights
 from facefill.config import TrainConfig
 from facefill.engine.train import export_checkpoint, train
 from facefill.registry import create_method
+from batches import centre_batch
 
 TINY = {
     "dense-gan": {"base_channels": 8, "growth": 4, "max_channels": 16, "disc_channels": 8},
@@ -28,10 +29,7 @@ def tiny_method(name, size=32, **extra):
 
 
 def batch(size=32, count=4):
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.zeros(count, 1, size, size)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-    return {"image": torch.rand(count, 3, size, size, generator=generator), "mask": mask}
+    return centre_batch(size, count)
 
 
 def config(data, out, method="dense-gan", **values):

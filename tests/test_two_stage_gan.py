@@ -12,6 +12,7 @@ from facefill.checkpoint import export_weights, load_weights
 from facefill.methods.two_stage_gan import PairDiscriminator
 from facefill.nn.lstm import LSTMCell
 from facefill.registry import create_method
+from batches import centre_batch
 
 TINY = {"base_channels": 8, "max_channels": 16, "fc_dim": 32, "disc_channels": 4, "disc_fc_dim": 16}
 
@@ -23,10 +24,7 @@ def tiny_method(size=32, **extra):
 
 
 def batch(size=32, count=4):
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.zeros(count, 1, size, size)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-    return {"image": torch.rand(count, 3, size, size, generator=generator), "mask": mask}
+    return centre_batch(size, count)
 
 
 def network_input(data):

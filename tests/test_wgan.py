@@ -13,6 +13,7 @@ from facefill.config import TrainConfig
 from facefill.engine.train import export_checkpoint, train
 from facefill.methods.wgan import context_weights, gradient_penalty
 from facefill.registry import create_method
+from batches import centre_batch
 
 TINY = {"gen_channels": 8, "critic_channels": 8, "iterations": 10, "restarts": 2}
 
@@ -24,10 +25,7 @@ def tiny_wgan(size=16, **extra):
 
 
 def batch(size=16, count=4):
-    generator = torch.Generator().manual_seed(1)
-    mask = torch.zeros(count, 1, size, size)
-    mask[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
-    return {"image": torch.rand(count, 3, size, size, generator=generator), "mask": mask}
+    return centre_batch(size, count)
 
 
 class LinearCritic(nn.Module):
