@@ -63,6 +63,10 @@ class TrainableInpainter(Inpainter, nn.Module):
         for name, module in modules.items():
             module.load_state_dict(state[name])
 
+    def adam(self, module: nn.Module, betas: tuple | None = None) -> torch.optim.Adam:
+        """Adam over ``module`` with the config's ``lr`` and ``betas`` (the papers' optimiser)."""
+        return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(betas or self.config.betas))
+
     def optimise(self, name: str, loss: torch.Tensor, clip: float | None = None) -> None:
         """zero_grad, backward, gradient averaging across ranks, optional clipping, step."""
         optimizer = self.optimizers[name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from facefill.methods.base import GeneratorInpainter
@@ -37,8 +36,7 @@ class Autoencoder(GeneratorInpainter):
                                    layers=config.layers_per_block, max_ch=config.max_channels, dense=False, skips=False)
 
     def configure_optimizers(self):
-        self.optimizers = {"generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr,
-                                                         betas=tuple(self.config.betas))}
+        self.optimizers = {"generator": self.adam(self.generator)}
         return self.optimizers
 
     def training_step(self, batch, step):
@@ -96,10 +94,7 @@ class ContextEncoder(GeneratorInpainter):
                                                 depth=min(5, int(math.log2(config.size))))
 
     def configure_optimizers(self):
-        def adam(module):
-            return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
-
-        self.optimizers = {"generator": adam(self.generator), "discriminator": adam(self.discriminator)}
+        self.optimizers = {"generator": self.adam(self.generator), "discriminator": self.adam(self.discriminator)}
         return self.optimizers
 
     def training_step(self, batch, step):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from facefill.methods.base import GeneratorInpainter
 from facefill.nn.blocks import DCGANDiscriminator
 from facefill.nn.losses import gan_d_loss, gan_g_loss, masked_mse, total_variation
@@ -50,12 +48,9 @@ class DenseGAN(GeneratorInpainter):
             self.discriminator = DCGANDiscriminator(config.size, base=config.disc_channels)
 
     def configure_optimizers(self):
-        def adam(module):
-            return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
-
-        self.optimizers = {"generator": adam(self.generator)}
+        self.optimizers = {"generator": self.adam(self.generator)}
         if self.adversarial:
-            self.optimizers["discriminator"] = adam(self.discriminator)
+            self.optimizers["discriminator"] = self.adam(self.discriminator)
         return self.optimizers
 
     def training_step(self, batch, step):

@@ -108,7 +108,7 @@ class GLCIC(GeneratorInpainter):
         def make(module):
             if self.config.optimizer == "adadelta":
                 return torch.optim.Adadelta(module.parameters())
-            return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(self.config.betas))
+            return self.adam(module)
 
         self.optimizers = {"generator": make(self.generator), "discriminator": make(self.discriminator)}
         return self.optimizers

@@ -172,13 +172,10 @@ class TwoStageGAN(GeneratorInpainter):
                 for _ in range(config.stages))
 
     def configure_optimizers(self):
-        def adam(module):
-            return torch.optim.Adam(module.parameters(), lr=self.config.lr,
-                                    betas=(self.config.beta1, self.config.beta2))
-
-        self.optimizers = {"generator": adam(self.generator)}
+        betas = (self.config.beta1, self.config.beta2)
+        self.optimizers = {"generator": self.adam(self.generator, betas)}
         if self.adversarial:
-            self.optimizers["discriminator"] = adam(self.discriminators)
+            self.optimizers["discriminator"] = self.adam(self.discriminators, betas)
         return self.optimizers
 
     def training_step(self, batch, step):

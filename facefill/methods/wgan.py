@@ -158,8 +158,7 @@ class WGANInpainter(TrainableInpainter):
             def make(module):
                 return torch.optim.RMSprop(module.parameters(), lr=config.clip_lr)
         else:
-            def make(module):
-                return torch.optim.Adam(module.parameters(), lr=config.lr, betas=tuple(config.betas))
+            make = self.adam
         self.optimizers = {"generator": make(self.generator), "critic": make(self.critic)}
         return self.optimizers
 
