@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import facefill
+from facefill.config import config_dict
 from facefill.fileio import atomic_path, write_json_atomic
 from facefill.registry import get_method_class, make_config
 
@@ -32,10 +33,6 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise WeightsError(f"{path}: no such file") from None
     except Exception as error:  # pickle, zip and weights_only errors all mean "not a weights file"
         raise WeightsError(f"{path}: not a readable facefill weights file ({error.__class__.__name__})") from None
-
-
-def config_dict(config) -> dict:
-    return dataclasses.asdict(config) if config is not None else {}
 
 
 def half_precision(state: dict) -> dict:
@@ -72,7 +69,7 @@ def load_weights(path, device="cpu"):
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise WeightsError(f"{path}: written by a newer facefill (format {payload['format_version']})")
     cls = get_method_class(payload["method"])
-    config = _config_from_dict(payload["method"], payload.get("config", {}))
+    config = config_from_dict(payload["method"], payload.get("config", {}))
     method = cls(config)
     method.load_export_state(payload["state_dict"])
     method.eval()
@@ -81,7 +78,8 @@ def load_weights(path, device="cpu"):
     return method.to_device(torch.device(device))
 
 
-def _config_from_dict(name: str, values: dict):
+def config_from_dict(name: str, values: dict):
+    """Rebuild a method's config from stored plain values (JSON/pickle lists back to tuples)."""
     fields = {f.name: f for f in dataclasses.fields(get_method_class(name).config_class)}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in fields}
     return make_config(name, values)

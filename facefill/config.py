@@ -143,7 +143,8 @@ def build(cls, file_values: dict, set_values: dict, flags: dict):
 
 
 def config_dict(config) -> dict:
-    return dataclasses.asdict(config)
+    """A config dataclass as plain values; ``None`` (a method without settings) as ``{}``."""
+    return dataclasses.asdict(config) if config is not None else {}
 
 
 def split_list(text: str | None) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from facefill.checkpoint import load_checkpoint, load_weights
 from facefill.config import TrainConfig
 from facefill.engine.train import export_checkpoint, train
 from facefill.registry import create_method
-from batches import centre_batch
+from batches import centre_batch, four_faces, hole_l1_before_and_after
 
 TINY = {
     "dense-gan": {"base_channels": 8, "growth": 4, "max_channels": 16, "disc_channels": 8},
@@ -126,22 +126,10 @@ def test_run_folder_has_logs_samples_plots_and_bounded_checkpoints(tiny_dataset,
 
 @pytest.mark.parametrize("name", ["dense-gan", "autoencoder"])
 def test_overfits_four_images(tiny_dataset, name):
-    from facefill.data.dataset import FaceDataset, list_split
-
     torch.manual_seed(0)
-    faces = FaceDataset(list_split(tiny_dataset, "train")[:4], 32, flip=False, fixed_masks=True)
-    data = {key: torch.stack([faces[i][key] for i in range(4)]) for key in ("image", "mask")}
-    method = tiny_method(name, lr=2e-3).train()
-
-    @torch.no_grad()
-    def hole_l1():  # batch statistics (train mode): 20 steps are too few for BN's running averages
-        out = method.generate(data["image"], data["mask"]).add(1).div(2)
-        return ((out - data["image"]).abs() * data["mask"]).sum() / (data["mask"].sum() * 3)
-
-    start = hole_l1()
-    for step in range(20):
-        method.training_step(data, step)
-    assert hole_l1() < 0.7 * start
+    data = four_faces(tiny_dataset)
+    start, end = hole_l1_before_and_after(tiny_method(name, lr=2e-3).train(), data)
+    assert end < 0.7 * start
 
 
 def test_train_refuses_untrainable_methods_and_unknown_settings(tiny_dataset, tmp_path):

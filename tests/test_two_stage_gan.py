@@ -12,7 +12,7 @@ from facefill.checkpoint import export_weights, load_weights
 from facefill.methods.two_stage_gan import PairDiscriminator
 from facefill.nn.lstm import LSTMCell
 from facefill.registry import create_method
-from batches import centre_batch
+from batches import centre_batch, four_faces, hole_l1_before_and_after
 
 TINY = {"base_channels": 8, "max_channels": 16, "fc_dim": 32, "disc_channels": 4, "disc_fc_dim": 16}
 
@@ -161,19 +161,7 @@ def test_trains_and_exports_through_the_engine(tiny_dataset, tmp_path):
 
 
 def test_overfits_four_faces(tiny_dataset):
-    from facefill.data.dataset import FaceDataset, list_split
-
     torch.manual_seed(0)
-    faces = FaceDataset(list_split(tiny_dataset, "train")[:4], 32, flip=False, fixed_masks=True)
-    data = {key: torch.stack([faces[i][key] for i in range(4)]) for key in ("image", "mask")}
-    method = tiny_method(lr=2e-3).train()
-
-    @torch.no_grad()
-    def hole_l1():  # batch statistics (train mode): 20 steps are too few for BN's running averages
-        out = method.generate(data["image"], data["mask"]).add(1).div(2)
-        return ((out - data["image"]).abs() * data["mask"]).sum() / (data["mask"].sum() * 3)
-
-    start = hole_l1()
-    for step in range(20):
-        method.training_step(data, step)
-    assert hole_l1() < 0.7 * start
+    data = four_faces(tiny_dataset)
+    start, end = hole_l1_before_and_after(tiny_method(lr=2e-3).train(), data)
+    assert end < 0.7 * start

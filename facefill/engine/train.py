@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from facefill.checkpoint import export_weights, load_checkpoint, save_checkpoint
+from facefill.checkpoint import config_from_dict, export_weights, load_checkpoint, save_checkpoint
 from facefill.config import TrainConfig, config_dict
 from facefill.data.dataset import FaceDataset, list_split
 from facefill.devices import resolve_device
@@ -344,7 +344,7 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     state = load_checkpoint(checkpoint)
     if state.get("kind") != "training-checkpoint":
         raise ValueError(f"{checkpoint}: not a facefill training checkpoint")
-    method = create_method(state["method"], **_settings(state["config"]))
+    method = create_method(state["method"], config_from_dict(state["method"], state["config"]))
     method.load_state_dict(state["model"])
     if state.get("ema"):
         method.load_export_state(state["ema"])
@@ -388,10 +388,6 @@ def _steps_per_epoch(state) -> int:
     data = state.get("data") or {}
     batch = state["train_config"]["batch_size"]
     return max(1, (data.get("train_images") or batch) // batch)
-
-
-def _settings(config: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
 # ---------------------------------------------------------------- helpers
