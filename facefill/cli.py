@@ -165,7 +165,10 @@ def train(method, config_file, sets, **flags):
               help="Stored mask kinds to evaluate with --data (those present).")
 @click.option("--note", "notes", multiple=True, help="A remark for the card (repeatable).")
 def export(checkpoint, weights, data, masks, notes):
-    """Write the inference-only weights file and its JSON card from a training checkpoint."""
+    """Write the inference-only weights file and its JSON card from a training checkpoint.
+
+    CHECKPOINT may also be a weights file: it is copied with its training record, and with
+    --data its metrics are measured again on this machine (e.g. for weights trained elsewhere)."""
     from facefill.engine.train import export_checkpoint
 
     card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes)
@@ -188,6 +191,8 @@ def export(checkpoint, weights, data, masks, notes):
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
 @click.option("--save-comparison", is_flag=True, help="Also write <stem>_compare.png (masked | filled).")
 @click.option("--steps", type=int, help="Sampling steps for diffusion methods.")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
+              help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
 @click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
@@ -219,36 +224,66 @@ def inpaint(**options):
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--sample-grid", default=8, show_default=True, help="Images shown in the HTML report's grid.")
 @click.option("--steps", type=int, help="Sampling steps (diffusion) or latent-search iterations (wgan).")
+@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
+              help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
 @click.option("--seed", default=0, show_default=True)
-def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, seed):
+def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, sampler,
+             seed):
     """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
     from facefill.engine.evaluate import run_eval
 
     config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
                             report=report, limit=limit, device=device, batch_size=batch_size,
-                            sample_grid=sample_grid, steps=steps, seed=seed)
+                            sample_grid=sample_grid, steps=steps, sampler=sampler, seed=seed)
     _run(run_eval, config)
 
 
 @main.command()
-@click.option("--methods", default="telea,navier-stokes,biharmonic", show_default=True)
+@click.option("--methods", help="Comma-separated; learned methods use their shipped weights.  "
+                                "[default: telea,navier-stokes,biharmonic; none when --weights is given]")
+@click.option("--weights", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Weights file(s) to bench (repeatable), added or pinned as in `facefill eval`.")
 @click.option("--size", default=128, show_default=True)
 @click.option("--batch-sizes", default="1,8,32", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--repeat", default=5, show_default=True, help="Timed runs per batch size.")
-@click.option("--warmup", default=1, show_default=True, help="Untimed runs first.")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs (batches with --sweep) first.")
 @click.option("--pipeline-images", default=32, show_default=True,
               help="Images for the whole-pipeline (decode, fill, encode) measurement; 0 skips it.")
-@click.option("--out", default="reports/bench.json", show_default=True)
+@click.option("--sweep", metavar="LIST",
+              help="Speed/quality trade-off instead of the synthetic measurements: comma-separated settings, "
+                   "e.g. 25,50,100,ddpm (integer: DDIM sampling steps, or wgan latent-search iterations; "
+                   "ddpm: ancestral DDPM over all T steps), each scored on --data's test split (PSNR, SSIM).")
+@click.option("--data", default="data128", show_default=True, type=click.Path(file_okay=False),
+              help="--sweep: prepared data folder.")
+@click.option("--masks", default="center", show_default=True,
+              help="--sweep: stored mask kind in DATA/masks/.")
+@click.option("--limit", default=256, show_default=True, help="--sweep: fill the first N test images.")
+@click.option("--batch-size", default=32, show_default=True, help="--sweep: images per batch.")
+@click.option("--out", default="reports/bench.json", show_default=True,
+              help="JSON results; with --sweep also a Markdown table beside it (.md).")
 @click.option("--seed", default=0, show_default=True)
-def bench(methods, size, batch_sizes, device, repeat, warmup, pipeline_images, out, seed):
-    """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline."""
-    from facefill.engine.bench import run_bench
+def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, sweep, data, masks,
+          limit, batch_size, out, seed):
+    """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
+    or, with --sweep, speed against quality over sampling settings.
+
+    \b
+    Example:
+      facefill bench --weights ddpm-ffc-128.pt --sweep 25,50,100,ddpm --data data128 --device cuda
+    """
+    from facefill.engine.bench import parse_sweep, run_bench
 
     def build():
         sizes = tuple(int(b) for b in cfg.split_list(batch_sizes))
-        return cfg.BenchConfig(methods=cfg.split_list(methods), size=size, batch_sizes=sizes,
-                               device=device, repeat=repeat, warmup=warmup,
-                               pipeline_images=pipeline_images, out=out, seed=seed)
+        if methods is not None:
+            names = cfg.split_list(methods)
+        else:  # the default methods, or only the weights files when some are given
+            names = () if weights else cfg.BenchConfig.methods
+        settings = parse_sweep(sweep) if sweep is not None else ()
+        return cfg.BenchConfig(methods=names, weights=tuple(weights), size=size, batch_sizes=sizes,
+                               device=device, repeat=repeat, warmup=warmup, pipeline_images=pipeline_images,
+                               out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
+                               batch_size=batch_size)
 
     _run(run_bench, _run(build))

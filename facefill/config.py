@@ -39,6 +39,7 @@ class InpaintConfig:
     save_comparison: bool = False
     seed: int = 0
     steps: int | None = None           # sampler steps for diffusion methods
+    sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     summary: str | None = None         # JSON summary path; default OUT/summary.json
 
 
@@ -54,6 +55,7 @@ class EvalConfig:
     batch_size: int = 16
     sample_grid: int = 8               # images shown in the HTML grid
     steps: int | None = None           # sampler steps / optimisation iterations
+    sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     seed: int = 0
 
 
@@ -68,6 +70,14 @@ class BenchConfig:
     pipeline_images: int = 32          # images for the whole-pipeline measurement
     out: str = "reports/bench.json"
     seed: int = 0
+    weights: tuple[str, ...] = ()      # weights files; each adds (or pins) its method, as in eval
+    # Speed/quality sweep (replaces the synthetic measurements when given): each setting is a
+    # number of sampling steps / latent-search iterations, or "ddpm" (ancestral over all T).
+    sweep: tuple[str, ...] = ()
+    data: str = "data128"              # --sweep: prepared data folder whose test split is filled
+    masks: str = "center"              # --sweep: stored mask kind in DATA/masks/
+    limit: int = 256                   # --sweep: the first N test images
+    batch_size: int = 32               # --sweep: images per filling batch
 
 
 @dataclass(frozen=True)

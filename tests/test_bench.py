@@ -99,7 +99,10 @@ class _FixedSize(Inpainter):
 
 def test_fixed_size_method_runs_at_native_size(tmp_path, monkeypatch):
     import facefill.checkpoint
+    from facefill import registry
 
+    registry._ensure_loaded()
+    monkeypatch.setitem(registry._METHODS, "fixed", _FixedSize)
     monkeypatch.setattr(facefill.checkpoint, "resolve_inpainter", lambda *a, **k: _FixedSize())
     result = run_bench(BenchConfig(methods=("fixed",), size=32, batch_sizes=(2,), device="cpu", repeat=1,
                                    warmup=0, pipeline_images=0, out=str(tmp_path / "b.json")))
@@ -112,3 +115,130 @@ def test_bench_rejects_bad_settings(tmp_path):
         run_bench(BenchConfig(methods=("telea",), batch_sizes=(0,), out=str(tmp_path / "b.json")))
     with pytest.raises(ValueError, match="repeat"):
         run_bench(BenchConfig(methods=("telea",), repeat=0, out=str(tmp_path / "b.json")))
+
+
+# ------------------------------------------------------------------------------ speed/quality sweep
+
+TINY_DDPM = {"size": 16, "base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
+             "attention_resolutions": (8,), "num_heads": 2, "ffc_blocks": 1, "timesteps": 20,
+             "beta_start": 1e-4, "beta_end": 0.2, "sample_steps": 3}
+
+
+@pytest.fixture
+def tiny_ddpm_weights(tmp_path) -> Path:
+    """A tiny ddpm-ffc (16 px, 8 channels, T = 20) exported as a weights file."""
+    from facefill.checkpoint import export_weights
+    from facefill.registry import create_method
+
+    path = tmp_path / "tiny-ddpm.pt"
+    export_weights(create_method("ddpm-ffc", **TINY_DDPM).eval(), path, {"size": 16})
+    return path
+
+
+def test_parse_sweep_and_apply_sampling():
+    from facefill.engine.bench import parse_sweep
+    from facefill.methods.base import apply_sampling, set_sampler
+    from facefill.registry import create_method
+
+    assert parse_sweep("25, 50,DDPM,025,") == ("25", "50", "ddpm")
+    for bad in ("0", "ten", ","):
+        with pytest.raises(ValueError, match="--sweep"):
+            parse_sweep(bad)
+    method = create_method("ddpm-ffc", **TINY_DDPM)
+    assert apply_sampling(method, "ddpm") == {"sampler": "ddpm", "steps": None}
+    assert (method.sampler, method.steps) == ("ddpm", None)
+    assert apply_sampling(method, 4) == {"sampler": "ddim", "steps": 4}
+    assert (method.sampler, method.steps) == ("ddim", 4)
+    set_sampler(method, "ddpm")
+    assert method.sampler == "ddpm" and method.steps == 4
+
+    class Searcher(Inpainter):  # latent search: iterations, no sampler
+        name, steps = "searcher", 100
+
+    searcher = Searcher()
+    assert apply_sampling(searcher, "7") == {"sampler": None, "steps": 7} and searcher.steps == 7
+    with pytest.raises(ValueError, match="'searcher' has no sampler"):
+        apply_sampling(searcher, "ddpm")
+    from facefill.methods.classical import Telea
+
+    with pytest.raises(ValueError, match="'telea' takes no sampling steps"):
+        apply_sampling(Telea(), 5)
+
+
+def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from facefill.cli import main
+    from facefill.engine import evaluate
+
+    calls = []
+    original = evaluate.fill_tensor_batch
+
+    def spy(inpainter, images, masks):
+        calls.append((inpainter.sampler, inpainter.steps, len(images)))
+        return original(inpainter, images, masks)
+
+    monkeypatch.setattr(evaluate, "fill_tensor_batch", spy)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--weights", str(tiny_ddpm_weights), "--sweep", "2,4,ddpm",
+                                       "--data", str(tiny_dataset), "--limit", "3", "--batch-size", "2",
+                                       "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = _strict_json(out)
+    assert data["rows"] == [] and data["pipeline"] == []
+    rows = data["trade_off"]
+    assert [(r["setting"], r["sampler"], r["steps"]) for r in rows] == [("2", "ddim", 2), ("4", "ddim", 4),
+                                                                       ("ddpm", "ddpm", None)]
+    for row in rows:
+        assert row["method"] == "ddpm-ffc" and row["weights"] == str(tiny_ddpm_weights)
+        assert (row["images"], row["limit"], row["batch_size"], row["masks"]) == (3, 3, 2, "center")
+        assert row["device"] == "cpu" and row["data"] == str(tiny_dataset)
+        assert row["psnr"] is not None and 0 < row["psnr"] < 100 and 0 < row["ssim"] <= 1
+        assert row["images_per_second"] > 0 and row["seconds"] > 0
+        assert row["seconds_per_image"] == pytest.approx(row["seconds"] / 3)
+        assert row["cpu_peak_rss_delta_mb"] >= 0
+    # per setting: one untimed warm-up batch of 2, then 3 images in batches of 2, 1
+    assert calls == [(s, n, b) for s, n in (("ddim", 2), ("ddim", 4), ("ddpm", None)) for b in (2, 2, 1)]
+    markdown = Path(data["trade_off_markdown"])
+    assert markdown == out.with_suffix(".md")
+    table = [line for line in markdown.read_text().splitlines() if line.startswith("| ddpm-ffc")]
+    assert len(table) == 3 and "| ddpm |" in table[2]
+    assert "trade-off" in result.output
+
+
+def test_sweep_rejects_methods_without_steps(tiny_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from facefill.cli import main
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--methods", "telea", "--sweep", "2,ddpm", "--data",
+                                       str(tiny_dataset), "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+    assert "telea" in result.output and "--sweep" in result.output
+    assert not out.exists()
+
+
+def test_weights_alone_in_the_synthetic_bench(tiny_ddpm_weights, tmp_path):
+    config = BenchConfig(methods=(), weights=(str(tiny_ddpm_weights),), size=32, batch_sizes=(2,),
+                         device="cpu", repeat=1, warmup=0, pipeline_images=2 if _has_engine() else 0,
+                         out=str(tmp_path / "b.json"))
+    result = run_bench(config)
+    (row,) = result["rows"]
+    assert row["method"] == "ddpm-ffc" and row["size"] == 16 and row["weights"] == str(tiny_ddpm_weights)
+    if _has_engine():
+        (pipe,) = result["pipeline"]
+        assert pipe["method"] == "ddpm-ffc" and pipe["done"] == 2 and pipe["failed"] == 0
+
+
+def test_cli_help_mentions_sweep_and_sampler():
+    from click.testing import CliRunner
+
+    from facefill.cli import main
+
+    runner = CliRunner()
+    bench_help = runner.invoke(main, ["bench", "--help"]).output
+    assert "--sweep" in bench_help and "--weights" in bench_help and "ddpm" in bench_help
+    for command in ("eval", "inpaint"):
+        assert "--sampler [ddim|ddpm]" in runner.invoke(main, [command, "--help"]).output

@@ -284,3 +284,22 @@ def test_eval_steps_reach_methods_that_take_them(tiny_dataset, tmp_path, monkeyp
     evaluate.run_eval(EvalConfig(data=str(tiny_dataset), masks="center", methods=("telea",), steps=7,
                                  report=str(tmp_path / "r")))
     assert seen == [7]
+
+
+def test_eval_sampler_reaches_methods_that_take_it(tiny_dataset, tmp_path, monkeypatch):
+    from facefill.config import EvalConfig
+    from facefill.engine import evaluate
+    from facefill.methods.classical import Telea
+
+    monkeypatch.setattr(Telea, "sampler", "ddim", raising=False)
+    seen = []
+    original = evaluate.set_sampler
+
+    def spy(inpainter, sampler):
+        original(inpainter, sampler)
+        seen.append(inpainter.sampler)
+
+    monkeypatch.setattr(evaluate, "set_sampler", spy)
+    evaluate.run_eval(EvalConfig(data=str(tiny_dataset), masks="center", methods=("telea",), sampler="ddpm",
+                                 limit=1, sample_grid=0, report=str(tmp_path / "r")))
+    assert seen == ["ddpm"]

@@ -226,3 +226,18 @@ def test_config_file_then_set_then_flags_take_precedence(tiny_dataset, tmp_path)
     assert saved["train"]["steps"] == 1 and saved["train"]["batch_size"] == 2  # flag beats --set beats file
     assert saved["method"]["base_channels"] == 8 and saved["method"]["growth"] == 2  # --set beats file
     assert saved["method"]["losses"] == "rec"
+
+
+def test_export_of_a_weights_file_keeps_its_record_and_measures_again(tiny_dataset, tmp_path):
+    summary = train(config(tiny_dataset, tmp_path / "run", method="dense-gan", steps=2))
+    first = tmp_path / "first.pt"
+    export_checkpoint(summary["checkpoint"], first, notes=("trained elsewhere",))
+    second = tmp_path / "second.pt"
+    card = export_checkpoint(first, second, data=str(tiny_dataset), mask_kinds=("center",), notes=("re-measured",))
+    written = json.loads(second.with_suffix(".json").read_text())
+    assert written["steps"] == card["steps"] == 2
+    assert written["notes"] == ["trained elsewhere", "re-measured"]
+    assert 0 < written["metrics"]["center"]["psnr"] < 100
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    assert all(torch.equal(a["state_dict"][m][k], b["state_dict"][m][k])
+               for m in a["state_dict"] for k in a["state_dict"][m])

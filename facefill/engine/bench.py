@@ -21,6 +21,18 @@ start-up (resolving and loading the method, its thread pool). The engine overhea
 ``pipeline seconds per image - method-alone seconds per image`` (at that batch size), and as a
 percentage of the pipeline's seconds per image: the share of end-to-end time spent outside the
 method (decoding, fitting, compositing, encoding, writing).
+
+Methods are named and weights files (``weights``) added or pinned exactly as ``facefill eval``
+does it (``resolve_methods``).
+
+Speed/quality sweep (``sweep``, instead of the above): for each method / weights file and each
+setting (sampling steps for diffusion methods, latent-search iterations for wgan, or ``ddpm``:
+ancestral DDPM over all T timesteps; ``apply_sampling``), the first ``limit`` test images of a
+prepared data folder are filled with their stored masks in batches of ``batch_size``, with eval's
+filling and metrics (``score_method``): ``warmup`` untimed batches, then one timed pass. Each row
+(``trade_off`` in the JSON, and a Markdown table beside it) has the wall time of the filling alone
+(``seconds``, ``images_per_second``, ``seconds_per_image``), the mean ``psnr``/``ssim`` (and the
+hole metrics), and the peak memory of the timed pass.
 """
 from __future__ import annotations
 
@@ -107,6 +119,35 @@ class PeakRSS:
         return False
 
 
+class PeakMemory:
+    """Over a ``with`` block: ``PeakRSS`` and, on CUDA, ``torch.cuda.max_memory_allocated``
+    (absolute, and above what was allocated at the start); ``fields()`` gives the row's keys."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.cuda_base = torch.cuda.memory_allocated(self.device)
+        self.rss = PeakRSS().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.rss.__exit__(*exc)
+        self.cuda_peak_mb = self.cuda_peak_delta_mb = None
+        if self.cuda:
+            peak_bytes = torch.cuda.max_memory_allocated(self.device)
+            self.cuda_peak_mb = peak_bytes / MIB
+            self.cuda_peak_delta_mb = max(peak_bytes - self.cuda_base, 0) / MIB
+        return False
+
+    def fields(self) -> dict:
+        return {"cpu_peak_rss_delta_mb": self.rss.delta_mb, "cpu_peak_rss_method": self.rss.method,
+                "cuda_peak_mb": self.cuda_peak_mb, "cuda_peak_delta_mb": self.cuda_peak_delta_mb}
+
+
 # ----------------------------------------------------------------------------------------- measuring
 
 def _synchronize(device: torch.device) -> None:
@@ -121,12 +162,8 @@ def time_method(inpainter, images: torch.Tensor, masks: torch.Tensor, warmup: in
         for _ in range(warmup):
             inpainter.inpaint(images, masks)
         _synchronize(device)
-        cuda = device.type == "cuda"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-            cuda_base = torch.cuda.memory_allocated(device)
         latencies = []
-        with PeakRSS() as peak:
+        with PeakMemory(device) as peak:
             for _ in range(repeat):
                 start = time.perf_counter()
                 output = inpainter.inpaint(images, masks)
@@ -135,19 +172,13 @@ def time_method(inpainter, images: torch.Tensor, masks: torch.Tensor, warmup: in
                 del output
     batch = images.shape[0]
     total = sum(latencies)
-    row = {"runs": repeat,
-           "images_per_s": batch * repeat / total if total > 0 else float("inf"),
-           "seconds_per_image": total / (batch * repeat),
-           "latency_ms_median": 1000.0 * float(np.median(latencies)),
-           "latency_ms_p90": 1000.0 * float(np.percentile(latencies, 90)),
-           "latency_ms_min": 1000.0 * min(latencies),
-           "cpu_peak_rss_delta_mb": peak.delta_mb, "cpu_peak_rss_method": peak.method,
-           "cuda_peak_mb": None, "cuda_peak_delta_mb": None}
-    if cuda:
-        peak_bytes = torch.cuda.max_memory_allocated(device)
-        row["cuda_peak_mb"] = peak_bytes / MIB
-        row["cuda_peak_delta_mb"] = max(peak_bytes - cuda_base, 0) / MIB
-    return row
+    return {"runs": repeat,
+            "images_per_s": batch * repeat / total if total > 0 else float("inf"),
+            "seconds_per_image": total / (batch * repeat),
+            "latency_ms_median": 1000.0 * float(np.median(latencies)),
+            "latency_ms_p90": 1000.0 * float(np.percentile(latencies, 90)),
+            "latency_ms_min": 1000.0 * min(latencies),
+            **peak.fields()}
 
 
 def _count(value) -> int:
@@ -178,15 +209,16 @@ def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0) -> list[
 
 
 def time_pipeline(name: str, config: BenchConfig, input_dir: Path, warm_dir: Path | None, work: Path,
-                  batch_size: int, count: int) -> dict:
-    """Time ``run_inpaint`` filling ``input_dir`` with method ``name``."""
+                  batch_size: int, count: int, weights: str | None = None) -> dict:
+    """Time ``run_inpaint`` filling ``input_dir`` with method ``name`` (or the ``weights`` file)."""
     from facefill.config import InpaintConfig
     from facefill.engine.inpaint import run_inpaint
 
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
     def settings(source, tag):
-        return InpaintConfig(input_dir=str(source), output_dir=str(work / f"out-{safe}-{tag}"), method=name,
+        return InpaintConfig(input_dir=str(source), output_dir=str(work / f"out-{safe}-{tag}"),
+                             method=None if weights else name, weights=weights,
                              device=config.device, batch_size=batch_size, overwrite=True, seed=config.seed,
                              summary=str(work / f"summary-{safe}-{tag}.json"))
 
@@ -220,9 +252,40 @@ def device_description(device: torch.device) -> str:
     return f"{name or platform.machine() or 'CPU'} ({os.cpu_count()} CPUs)"
 
 
+def parse_sweep(values) -> tuple[str, ...]:
+    """``--sweep``: "25,50,100,ddpm" (or a sequence of such items) -> ("25", "50", "100", "ddpm"):
+    positive integers (sampling steps / latent-search iterations) and the word ``ddpm``, in
+    order, repeats dropped."""
+    from facefill.config import split_list
+
+    items = split_list(values) if isinstance(values, str) else tuple(str(v).strip() for v in values)
+    settings = []
+    for item in items:
+        word = item.lower()
+        if word != "ddpm":
+            try:
+                steps = int(word)
+            except ValueError:
+                raise ValueError(f"--sweep takes positive integers (steps / iterations) and 'ddpm', "
+                                 f"got {item!r}") from None
+            if steps < 1:
+                raise ValueError(f"--sweep steps / iterations must be at least 1, got {item!r}")
+            word = str(steps)
+        settings.append(word)
+    if not settings:
+        raise ValueError("--sweep names no setting; e.g. --sweep 25,50,100,ddpm")
+    return tuple(dict.fromkeys(settings))
+
+
 def _validate(config: BenchConfig) -> None:
-    if not config.methods:
-        raise ValueError("no methods to benchmark")
+    if not config.methods and not config.weights:
+        raise ValueError("no methods to benchmark: give --methods and/or --weights")
+    if config.sweep:
+        parse_sweep(config.sweep)
+        if config.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
+        if config.limit is not None and config.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {config.limit}")
     if not config.batch_sizes or min(config.batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive integers, got {config.batch_sizes}")
     if config.size < 4:
@@ -236,6 +299,10 @@ def _print_tables(console, result: dict) -> None:
 
     from facefill.report.tables import format_value
 
+    if result.get("trade_off"):
+        _print_trade_off(console, result)
+    if not result["rows"]:
+        return
     table = Table(title=f"facefill bench - {result['device_name']}, torch {result['torch']}, "
                         f"{result['threads']} threads")
     columns = [("method", None), ("size", None), ("batch", None), ("img/s", 1), ("median ms", 2),
@@ -265,37 +332,174 @@ def _print_tables(console, result: dict) -> None:
         console.print(f"[yellow]whole pipeline skipped: {result['pipeline_skipped']}[/yellow]")
 
 
+# -------------------------------------------------------------------------------- trade-off sweep
+
+TRADE_OFF_NOTE = ("Seconds: wall time of the filling alone (test images already decoded and on the "
+                  "device; CUDA synchronised), after {warmup} untimed warm-up batch(es) per setting; img/s = "
+                  "images / seconds. PSNR (dB) and SSIM: as `facefill eval`, over the whole image with the "
+                  "known pixels kept. Setting: sampling steps (DDIM) for diffusion methods, latent-search "
+                  "iterations for wgan; `ddpm` is ancestral DDPM over all T timesteps. Peak memory covers the "
+                  "timed pass (CPU: resident memory above the start, decoding and scoring included).")
+
+
+def _trade_off_columns(result: dict) -> list[tuple[str, str, int]]:
+    """(row key, title, decimals) of the trade-off table."""
+    columns = [("method", "Method", 0), ("setting", "Setting", 0), ("images", "Images", 0),
+               ("seconds", "Seconds", 2), ("images_per_second", "img/s", 2),
+               ("seconds_per_image", "s/img", 4),
+               ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("cpu_peak_rss_delta_mb", "CPU peak MiB", 1)]
+    if result["device"].startswith("cuda"):
+        columns.append(("cuda_peak_mb", "CUDA peak MiB", 1))
+    return columns
+
+
+def trade_off_markdown(result: dict) -> str:
+    """The sweep's Markdown report: where it ran, then one table row per (method, setting)."""
+    from facefill.report.tables import markdown_table
+
+    rows = result["trade_off"]
+    first = rows[0]
+    columns = _trade_off_columns(result)
+    weights = [f"- `{name}`: `{path}`" for name, path in
+               dict.fromkeys((r["method"], r["weights"]) for r in rows if r.get("weights"))]
+    lines = ["# facefill bench: speed/quality trade-off", "",
+             f"Data: `{first['data']}` (first {first['images']} test images, {first['size']} px); masks: "
+             f"`{first['masks']}`; batch size {first['batch_size']}; device: {result['device_name']} "
+             f"(`{result['device']}`); torch {result['torch']}, {result['threads']} threads; "
+             f"{result['date']}.",
+             "", markdown_table([title for _, title, _ in columns],
+                                [[row[key] for key, _, _ in columns] for row in rows],
+                                [digits for _, _, digits in columns],
+                                align=["l", "l"] + ["r"] * (len(columns) - 2)),
+             TRADE_OFF_NOTE.format(warmup=first["warmup_batches"])]
+    if weights:
+        lines += ["", "Weights:", "", *weights]
+    return "\n".join(lines) + "\n"
+
+
+def _print_trade_off(console, result: dict) -> None:
+    from rich.table import Table
+
+    from facefill.report.tables import format_value
+
+    rows = result["trade_off"]
+    columns = _trade_off_columns(result)
+    table = Table(title=f"speed/quality trade-off - {rows[0]['data']}, {rows[0]['masks']} masks, "
+                        f"{rows[0]['images']} images, {result['device_name']}")
+    for index, (_, title, _) in enumerate(columns):
+        table.add_column(title, justify="left" if index < 2 else "right", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*[str(row[key]) if index < 2 else format_value(row[key], digits)
+                        for index, (key, _, digits) in enumerate(columns)])
+    console.print(table)
+
+
+def _check_setting(entry, setting: str) -> None:
+    """Apply ``setting`` to the entry's method once, so a method that ignores it (or a step count
+    its schedule cannot take) fails before anything is timed."""
+    from facefill.methods.base import apply_sampling
+
+    try:
+        apply_sampling(entry.inpainter, setting)
+    except ValueError as error:
+        raise ValueError(f"--sweep {setting}: {error}") from None
+    scheduler = getattr(entry.inpainter, "sampling_scheduler", None)
+    try:
+        if callable(scheduler):
+            scheduler()
+    except ValueError as error:
+        raise ValueError(f"--sweep {setting}: {entry.name}: {error}") from None
+
+
+def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[dict]:
+    """The ``--sweep``: for each method / weights file and each setting, fill the first
+    ``config.limit`` test images of ``config.data`` with their stored ``config.masks`` masks in
+    batches of ``config.batch_size`` (eval's filling and scoring), timing the filling alone after
+    ``config.warmup`` untimed batches; one row per (method, setting)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from facefill.config import EvalConfig
+    from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
+    from facefill.methods.base import apply_sampling
+
+    settings = parse_sweep(config.sweep)
+    items, shape, size = load_test_split(config.data, config.masks, config.limit)
+    entries = resolve_methods(EvalConfig(data=config.data, masks=config.masks, methods=config.methods,
+                                         weights=config.weights), device, size)
+    for entry in entries:
+        for setting in settings:
+            _check_setting(entry, setting)
+
+    rows = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for entry in entries:
+            for setting in settings:
+                applied = apply_sampling(entry.inpainter, setting)
+                label = escape(f"{entry.name} ({setting})")  # the progress bar's description is markup
+                run = dataclasses.replace(entry, name=label)
+                torch.manual_seed(config.seed)
+                for _ in range(config.warmup):
+                    score_method(dataclasses.replace(run, name=f"{label} warm-up"), items[:config.batch_size],
+                                 device, config.batch_size, progress=progress, shape=shape)
+                torch.manual_seed(config.seed)
+                with PeakMemory(device) as peak:
+                    scored, seconds_per_image, _ = score_method(run, items, device, config.batch_size,
+                                                                progress=progress, shape=shape)
+                seconds = seconds_per_image * len(items)
+                means = mean_metrics(scored)
+                rows.append({"method": entry.name, "weights": entry.weights, "source": entry.source,
+                             "setting": setting, **applied, "device": str(device), "data": str(config.data),
+                             "masks": config.masks, "limit": config.limit, "images": len(items), "size": size,
+                             "native_size": getattr(entry.inpainter, "size", None),
+                             "batch_size": config.batch_size, "warmup_batches": config.warmup,
+                             "seconds": seconds,
+                             "images_per_second": len(items) / seconds if seconds > 0 else float("inf"),
+                             "seconds_per_image": seconds_per_image,
+                             **{key: means[key] for key in METRICS},
+                             **peak.fields()})
+            entry.inpainter = None  # free the model before the next one runs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def markdown_path(out) -> Path:
+    """Where the trade-off table goes: beside the JSON, same name, ``.md``."""
+    out = Path(out)
+    path = out.with_suffix(".md")
+    return path if path != out else out.with_name(out.name + ".trade_off.md")
+
+
 # ---------------------------------------------------------------------------------------------- run
 
-def run_bench(config: BenchConfig) -> dict:
-    """Benchmark every method at every batch size, then the whole pipeline; write ``config.out``
-    (JSON) and return what it holds."""
-    from rich.console import Console
+def measure_methods(config: BenchConfig, device: torch.device,
+                    console) -> tuple[list[dict], list[dict], str | None]:
+    """Every method / weights file alone at every batch size, then in the whole pipeline; returns
+    (rows, pipeline rows, why the pipeline was skipped or None)."""
+    from facefill.config import EvalConfig
+    from facefill.engine.evaluate import resolve_methods
 
-    from facefill import __version__
-    from facefill.checkpoint import resolve_inpainter
-    from facefill.devices import resolve_device
-    from facefill.report.tables import write_json
-
-    _validate(config)
-    device = resolve_device(config.device)
-    console = Console()
+    entries = resolve_methods(EvalConfig(methods=config.methods, weights=config.weights), device, config.size)
     rows = []
-    method_sizes = {}
-    for name in dict.fromkeys(config.methods):
-        inpainter = resolve_inpainter(name, None, device, config.size)
+    method_sizes, method_weights = {}, {}
+    for entry in entries:
+        name, inpainter = entry.name, entry.inpainter
         size = int(getattr(inpainter, "size", None) or config.size)
         method_sizes[name] = size
+        method_weights[name] = entry.weights if entry.source == "weights" else None
         for batch_size in config.batch_sizes:
             images = synthetic_images(batch_size, size, config.seed).to(device)
             masks = center_masks(batch_size, size).to(device)
             torch.manual_seed(config.seed)
             with console.status(f"{name}: batch {batch_size} at {size} px"):
                 measured = time_method(inpainter, images, masks, config.warmup, config.repeat)
-            rows.append({"method": name, "size": size, "native_size": getattr(inpainter, "size", None),
+            rows.append({"method": name, "weights": entry.weights, "size": size,
+                         "native_size": getattr(inpainter, "size", None),
                          "batch_size": batch_size, "device": str(device), **measured})
             del images, masks
-        del inpainter
+        entry.inpainter = inpainter = None  # free the model before the next one runs
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -318,30 +522,59 @@ def run_bench(config: BenchConfig) -> dict:
                 warm_count = min(config.pipeline_images, largest, 4)
                 warm_dir = work / "warm"
                 write_pipeline_inputs(warm_dir, warm_count, config.size, config.seed + 1)
-            for name in dict.fromkeys(config.methods):
+            for name in method_sizes:
                 with console.status(f"{name}: whole pipeline, {config.pipeline_images} images"):
                     row = time_pipeline(name, config, work / "in", warm_dir, work, largest,
-                                        config.pipeline_images)
+                                        config.pipeline_images, weights=method_weights[name])
                 alone = next(r for r in rows if r["method"] == name and r["batch_size"] == largest)
                 overhead = row["seconds_per_image"] - alone["seconds_per_image"]
                 row.update(method_size=method_sizes[name], method_images_per_s=alone["images_per_s"],
                            method_seconds_per_image=alone["seconds_per_image"], overhead_s_per_image=overhead,
                            overhead_pct=100.0 * overhead / row["seconds_per_image"])
                 pipeline.append(row)
+    return rows, pipeline, skipped
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Benchmark every method at every batch size, then the whole pipeline; or, with
+    ``config.sweep``, only the speed/quality sweep (``trade_off``, also written as Markdown beside
+    the JSON). Write ``config.out`` (JSON) and return what it holds."""
+    from rich.console import Console
+
+    from facefill import __version__
+    from facefill.devices import resolve_device
+    from facefill.report.tables import write_json, write_markdown
+
+    _validate(config)
+    device = resolve_device(config.device)
+    console = Console()
+    if config.sweep:
+        rows, pipeline, skipped = [], [], "--sweep: the trade-off sweep replaces the synthetic measurements"
+        trade_off = run_trade_off(config, device, console)
+    else:
+        rows, pipeline, skipped = measure_methods(config, device, console)
+        trade_off = []
 
     result = {"device": str(device), "device_name": device_description(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
               "facefill_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
               "config": dataclasses.asdict(config), "rows": rows, "pipeline": pipeline,
-              "pipeline_skipped": skipped,
+              "pipeline_skipped": skipped, "trade_off": trade_off,
               "definitions": {
                   "images_per_s": "batch size x timed runs / total timed seconds (method alone, inputs on device)",
                   "latency_ms": "wall time of one inpaint call on one batch (median, 90th percentile)",
                   "cpu_peak_rss_delta_mb": "peak RSS during the timed runs minus RSS before them",
                   "cuda_peak_mb": "torch.cuda.max_memory_allocated during the timed runs",
                   "overhead_s_per_image": "pipeline s/image - method-alone s/image at the pipeline's batch size",
-                  "overhead_pct": "overhead_s_per_image / pipeline s/image x 100"}}
+                  "overhead_pct": "overhead_s_per_image / pipeline s/image x 100",
+                  "trade_off": "per (method, setting): the first `limit` test images of `data` filled with "
+                               "their stored `masks` masks; seconds = filling alone after warm-up; "
+                               "psnr/ssim = eval's means"}}
+    if trade_off:
+        result["trade_off_markdown"] = str(markdown_path(config.out))
     write_json(config.out, result)
+    if trade_off:
+        write_markdown(result["trade_off_markdown"], trade_off_markdown(result))
     _print_tables(console, result)
-    console.print(f"wrote {config.out}")
+    console.print(f"wrote {config.out}" + (f" and {result['trade_off_markdown']}" if trade_off else ""))
     return result

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from facefill.config import EvalConfig
-from facefill.methods.base import set_steps
+from facefill.methods.base import set_sampler, set_steps
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,20 @@ def _load_pair(item: EvalItem, shape: tuple[int, int] | None) -> tuple[np.ndarra
         raise ValueError(f"{item.image}: {image.shape[1]}x{image.shape[0]}, but the test split's images "
                          f"are {shape[1]}x{shape[0]} (re-run facefill prepare)")
     return image, mask
+
+
+def load_test_split(data, masks: str,
+                    limit: int | None = None) -> tuple[list[EvalItem], tuple[int, int], int]:
+    """What eval scores: the items (``eval_items``), the test images' (height, width), and the
+    data's size (the manifest's, else the larger side) for choosing shipped weights."""
+    items = eval_items(data, masks, limit)
+    manifest = read_manifest(data)
+    first_image, _ = _load_pair(items[0], None)
+    shape = first_image.shape[:2]
+    size = int(manifest.get("size") or max(shape))
+    if manifest.get("size") and shape != (size, size):
+        log.warning("manifest says %d px, test images are %dx%d", size, shape[1], shape[0])
+    return items, shape, size
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -422,16 +436,11 @@ def run_eval(config: EvalConfig) -> dict:
         raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
     device = resolve_device(config.device)
     data = Path(config.data)
-    items = eval_items(data, config.masks, config.limit)
-    manifest = read_manifest(data)
-    first_image, _ = _load_pair(items[0], None)
-    shape = first_image.shape[:2]
-    size = int(manifest.get("size") or max(shape))
-    if manifest.get("size") and shape != (size, size):
-        log.warning("manifest says %d px, test images are %dx%d", size, shape[1], shape[0])
+    items, shape, size = load_test_split(data, config.masks, config.limit)
     entries = resolve_methods(config, device, size)
     for entry in entries:
         set_steps(entry.inpainter, config.steps)
+        set_sampler(entry.inpainter, config.sampler)
 
     grid_items = items[:max(config.sample_grid, 0)]
     keep = {item.stem for item in grid_items}

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from facefill.checkpoint import config_from_dict, export_weights, load_checkpoint, save_checkpoint
+from facefill.checkpoint import config_from_dict, export_weights, load_checkpoint, load_weights, save_checkpoint
 from facefill.config import TrainConfig, config_dict
 from facefill.data.dataset import FaceDataset, list_split
 from facefill.devices import resolve_device
@@ -342,8 +342,10 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
     test-split metrics from ``facefill eval`` are measured and recorded in the card."""
     state = load_checkpoint(checkpoint)
+    if state.get("kind") != "training-checkpoint" and "state_dict" in state:
+        return recard_weights(checkpoint, weights, data, mask_kinds, notes)
     if state.get("kind") != "training-checkpoint":
-        raise ValueError(f"{checkpoint}: not a facefill training checkpoint")
+        raise ValueError(f"{checkpoint}: not a facefill training checkpoint or weights file")
     method = create_method(state["method"], config_from_dict(state["method"], state["config"]))
     method.load_state_dict(state["model"])
     if state.get("ema"):
@@ -359,12 +361,28 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
             "wall_time_minutes": round(state["train_seconds"] / 60, 1),
             "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {},
             "notes": list(notes)}
+    export_with_metrics(method, weights, meta, data, mask_kinds)
+    return meta
+
+
+def recard_weights(source, weights, data=None, mask_kinds=("center",), notes=()) -> dict:
+    """Copy an exported weights file (e.g. trained on another machine) to ``weights`` keeping its
+    training record; with ``data``, its metrics are measured again here and replace the old ones."""
+    method = load_weights(source)
+    meta = dict(method.weights_meta)
+    meta.pop("facefill_version", None), meta.pop("storage", None)
+    meta["notes"] = list(meta.get("notes", [])) + list(notes)
+    export_with_metrics(method, weights, meta, data, mask_kinds)
+    return {**meta, "parameters": meta.get("parameters", 0)}
+
+
+def export_with_metrics(method, weights, meta, data, mask_kinds) -> None:
+    """Write the weights and card; with ``data``, measure the test metrics and write them in."""
     export_weights(method, weights, meta)
     if data:
         meta["metrics"] = evaluate_weights(weights, data, mask_kinds)
         meta["eval_command"] = (f"facefill eval --data {data} --masks <kind> --methods '' --weights {weights}")
         export_weights(method, weights, meta)
-    return meta
 
 
 def evaluate_weights(weights, data, mask_kinds) -> dict:

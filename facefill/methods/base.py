@@ -98,6 +98,53 @@ def set_steps(inpainter: Inpainter, steps: int | None) -> None:
     inpainter.steps = steps
 
 
+SAMPLERS = ("ddim", "ddpm")
+
+
+def set_sampler(inpainter: Inpainter, sampler: str | None) -> None:
+    """``--sampler``: ``ddim`` (over ``--steps`` timesteps) or ``ddpm`` (ancestral; over all T
+    timesteps unless ``--steps`` strides them) for diffusion methods; others warn and ignore it."""
+    if sampler is None:
+        return
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if not hasattr(inpainter, "sampler"):
+        import logging
+
+        logging.getLogger(__name__).warning("method %s has no sampler; --sampler ignored", inpainter.name)
+        return
+    inpainter.sampler = sampler
+
+
+def apply_sampling(inpainter: Inpainter, setting: int | str) -> dict:
+    """One point of a speed/quality sweep, applied strictly: an integer is ``set_steps`` (DDIM
+    sampling steps for diffusion methods, latent-search iterations for wgan); ``"ddpm"`` is the
+    ancestral DDPM sampler over all T timesteps. Raises ValueError for a method the setting would
+    not change. Returns the applied ``{"sampler": ..., "steps": ...}`` (sampler None: no sampler)."""
+    name = inpainter.name or type(inpainter).__name__
+    has_sampler = hasattr(inpainter, "sampler")
+    if isinstance(setting, str) and setting.strip().lower() == "ddpm":
+        if not has_sampler:
+            raise ValueError(f"method {name!r} has no sampler to switch to ancestral DDPM "
+                             f"(only diffusion methods, e.g. ddpm-ffc, take 'ddpm')")
+        set_sampler(inpainter, "ddpm")
+        inpainter.steps = None  # every one of the T training timesteps
+        return {"sampler": "ddpm", "steps": None}
+    try:
+        steps = int(setting)
+    except (TypeError, ValueError):
+        raise ValueError(f"a sampling setting is a positive integer or 'ddpm', got {setting!r}") from None
+    if steps < 1:
+        raise ValueError(f"sampling steps / iterations must be at least 1, got {steps}")
+    if not hasattr(inpainter, "steps"):
+        raise ValueError(f"method {name!r} takes no sampling steps or iterations (only diffusion and "
+                         f"latent-search methods, e.g. ddpm-ffc, wgan, do)")
+    if has_sampler:
+        set_sampler(inpainter, "ddim")
+    set_steps(inpainter, steps)
+    return {"sampler": getattr(inpainter, "sampler", None), "steps": steps}
+
+
 def average_gradients(parameters) -> None:
     """Sum gradients over torch.distributed ranks and divide by the world size: what
     DistributedDataParallel does, done per optimiser step because GAN methods run several

@@ -20,13 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from facefill.diffusion import DDIMScheduler, DDPMScheduler
-from facefill.methods.base import TrainableInpainter
+from facefill.methods.base import SAMPLERS, TrainableInpainter
 from facefill.nn.diffusion_unet import TIME_EMBEDDINGS, DiffusionUNet
 from facefill.nn.ffc import NORMS
 from facefill.nn.losses import masked_mse
 from facefill.registry import register_method
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 @dataclass(frozen=True)
