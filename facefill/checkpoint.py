@@ -63,7 +63,11 @@ def export_weights(method, path, meta: dict) -> dict:
 
 def load_weights(path, device="cpu"):
     """Rebuild a method from a weights file alone (its ``method`` and ``config``)."""
-    payload = load_checkpoint(path)
+    return method_from_payload(load_checkpoint(path), path, device)
+
+
+def method_from_payload(payload, path, device="cpu"):
+    """The method a loaded weights file describes; ``path`` names it in errors and records."""
     if not isinstance(payload, dict) or "method" not in payload or "state_dict" not in payload:
         raise WeightsError(f"{path}: not a facefill weights file (no method/state_dict)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

@@ -2,6 +2,15 @@
 import torch
 
 
+def tiny_trainable(name: str, tiny: dict, size: int, **extra):
+    """A method built from its test file's tiny settings (``extra`` overrides), optimisers ready."""
+    from facefill.registry import create_method
+
+    method = create_method(name, size=size, **{**tiny, **extra})
+    method.configure_optimizers()
+    return method
+
+
 def centre_batch(size: int, count: int) -> dict:
     """Seeded random images with a centred square hole covering a quarter of the area."""
     generator = torch.Generator().manual_seed(1)

@@ -29,14 +29,6 @@ def test_synthetic_inputs_are_deterministic():
     assert center_masks(1, 32).mean().item() == pytest.approx(0.25)
 
 
-def _has_engine() -> bool:
-    try:
-        from facefill.engine.inpaint import run_inpaint  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def test_run_bench_telea(tmp_path):
     out = tmp_path / "bench.json"
     config = BenchConfig(methods=("telea",), size=32, batch_sizes=(1, 2), device="cpu", repeat=2,
@@ -51,11 +43,8 @@ def test_run_bench_telea(tmp_path):
         assert ROW_KEYS <= set(row)
         assert row["images_per_s"] > 0 and row["latency_ms_p90"] >= row["latency_ms_median"] > 0
         assert row["cpu_peak_rss_delta_mb"] >= 0 and row["runs"] == 2
-    if _has_engine():
-        (row,) = data["pipeline"]
-        assert row["images"] == 4 and row["batch_size"] == 2 and row["images_per_s"] > 0
-    else:
-        assert data["pipeline"] == [] and "not available" in data["pipeline_skipped"]
+    (row,) = data["pipeline"]
+    assert row["images"] == 4 and row["batch_size"] == 2 and row["images_per_s"] > 0
     assert result["rows"][0]["method"] == "telea"
 
 
@@ -222,14 +211,13 @@ def test_sweep_rejects_methods_without_steps(tiny_dataset, tmp_path):
 
 def test_weights_alone_in_the_synthetic_bench(tiny_ddpm_weights, tmp_path):
     config = BenchConfig(methods=(), weights=(str(tiny_ddpm_weights),), size=32, batch_sizes=(2,),
-                         device="cpu", repeat=1, warmup=0, pipeline_images=2 if _has_engine() else 0,
+                         device="cpu", repeat=1, warmup=0, pipeline_images=2,
                          out=str(tmp_path / "b.json"))
     result = run_bench(config)
     (row,) = result["rows"]
     assert row["method"] == "ddpm-ffc" and row["size"] == 16 and row["weights"] == str(tiny_ddpm_weights)
-    if _has_engine():
-        (pipe,) = result["pipeline"]
-        assert pipe["method"] == "ddpm-ffc" and pipe["done"] == 2 and pipe["failed"] == 0
+    (pipe,) = result["pipeline"]
+    assert pipe["method"] == "ddpm-ffc" and pipe["done"] == 2 and pipe["failed"] == 0
 
 
 def test_cli_help_mentions_sweep_and_sampler():

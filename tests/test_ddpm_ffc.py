@@ -13,16 +13,14 @@ from facefill.diffusion import DDIMScheduler, DDPMScheduler, NoiseScheduler
 from facefill.methods.ddpm_ffc import CosineDecay, augment
 from facefill.nn.ffc import FFC, FFCResBlock, FourierUnit
 from facefill.registry import create_method
-from batches import centre_batch
+from batches import tiny_trainable, centre_batch
 
 TINY = {"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_resolutions": (8,),
         "num_heads": 2, "ffc_blocks": 1, "timesteps": 20, "beta_start": 1e-4, "beta_end": 0.2, "sample_steps": 3}
 
 
 def tiny_method(size=16, **extra):
-    method = create_method("ddpm-ffc", size=size, **{**TINY, **extra})
-    method.configure_optimizers()
-    return method
+    return tiny_trainable("ddpm-ffc", TINY, size, **extra)
 
 
 def batch(size=16, count=2):

@@ -12,15 +12,13 @@ from facefill.checkpoint import export_weights, half_precision, load_weights
 from facefill.methods.glcic import VGG16_TO_RELU3_3, training_phase
 from facefill.nn.dilated import DilatedCompletionNet, GLDiscriminator, hole_crop_boxes, local_crop
 from facefill.registry import create_method
-from batches import centre_batch
+from batches import tiny_trainable, centre_batch
 
 TINY = {"base_channels": 4, "disc_channels": 4, "disc_features": 16}
 
 
 def tiny_glcic(size=16, **extra):
-    method = create_method("glcic", size=size, **{**TINY, **extra})
-    method.configure_optimizers()
-    return method
+    return tiny_trainable("glcic", TINY, size, **extra)
 
 
 def batch(size=16, count=4):

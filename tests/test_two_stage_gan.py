@@ -12,15 +12,13 @@ from facefill.checkpoint import export_weights, load_weights
 from facefill.methods.two_stage_gan import PairDiscriminator
 from facefill.nn.lstm import LSTMCell
 from facefill.registry import create_method
-from batches import centre_batch, four_faces, hole_l1_before_and_after
+from batches import tiny_trainable, centre_batch, four_faces, hole_l1_before_and_after
 
 TINY = {"base_channels": 8, "max_channels": 16, "fc_dim": 32, "disc_channels": 4, "disc_fc_dim": 16}
 
 
 def tiny_method(size=32, **extra):
-    method = create_method("two-stage-gan", size=size, **{**TINY, **extra})
-    method.configure_optimizers()
-    return method
+    return tiny_trainable("two-stage-gan", TINY, size, **extra)
 
 
 def batch(size=32, count=4):

@@ -13,15 +13,13 @@ from facefill.config import TrainConfig
 from facefill.engine.train import export_checkpoint, train
 from facefill.methods.wgan import context_weights, gradient_penalty
 from facefill.registry import create_method
-from batches import centre_batch
+from batches import tiny_trainable, centre_batch
 
 TINY = {"gen_channels": 8, "critic_channels": 8, "iterations": 10, "restarts": 2}
 
 
 def tiny_wgan(size=16, **extra):
-    method = create_method("wgan", size=size, **{**TINY, **extra})
-    method.configure_optimizers()
-    return method
+    return tiny_trainable("wgan", TINY, size, **extra)
 
 
 def batch(size=16, count=4):

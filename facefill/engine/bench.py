@@ -508,12 +508,6 @@ def measure_methods(config: BenchConfig, device: torch.device,
     if config.pipeline_images == 0:
         skipped = "pipeline_images is 0"
     else:
-        try:
-            from facefill.engine.inpaint import run_inpaint  # noqa: F401
-        except ImportError as error:
-            skipped = f"facefill.engine.inpaint.run_inpaint is not available ({error})"
-            log.warning("whole-pipeline benchmark skipped: %s", skipped)
-    if skipped is None:
         with tempfile.TemporaryDirectory(prefix="facefill-bench-") as tmp:
             work = Path(tmp)
             write_pipeline_inputs(work / "in", config.pipeline_images, config.size, config.seed)

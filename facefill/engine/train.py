@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from facefill.checkpoint import config_from_dict, export_weights, load_checkpoint, load_weights, save_checkpoint
+from facefill.checkpoint import (config_from_dict, export_weights, load_checkpoint, method_from_payload,
+                                 save_checkpoint)
 from facefill.config import TrainConfig, config_dict
 from facefill.data.dataset import FaceDataset, list_split
 from facefill.devices import resolve_device
@@ -343,7 +344,7 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     test-split metrics from ``facefill eval`` are measured and recorded in the card."""
     state = load_checkpoint(checkpoint)
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
-        return recard_weights(checkpoint, weights, data, mask_kinds, notes)
+        return recard_weights(method_from_payload(state, checkpoint), weights, data, mask_kinds, notes)
     if state.get("kind") != "training-checkpoint":
         raise ValueError(f"{checkpoint}: not a facefill training checkpoint or weights file")
     method = create_method(state["method"], config_from_dict(state["method"], state["config"]))
@@ -365,15 +366,15 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     return meta
 
 
-def recard_weights(source, weights, data=None, mask_kinds=("center",), notes=()) -> dict:
-    """Copy an exported weights file (e.g. trained on another machine) to ``weights`` keeping its
-    training record; with ``data``, its metrics are measured again here and replace the old ones."""
-    method = load_weights(source)
-    meta = dict(method.weights_meta)
-    meta.pop("facefill_version", None), meta.pop("storage", None)
+def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=()) -> dict:
+    """Write a method loaded from exported weights (e.g. trained on another machine) to ``weights``
+    keeping its training record; with ``data``, its metrics are measured again here and replace
+    the old ones."""
+    meta = {key: value for key, value in method.weights_meta.items()
+            if key not in ("facefill_version", "storage")}  # weights_payload writes these afresh
     meta["notes"] = list(meta.get("notes", [])) + list(notes)
     export_with_metrics(method, weights, meta, data, mask_kinds)
-    return {**meta, "parameters": meta.get("parameters", 0)}
+    return meta
 
 
 def export_with_metrics(method, weights, meta, data, mask_kinds) -> None:
