@@ -80,6 +80,11 @@ def methods_command():
     Console().print(table)
 
 
+# methods.base.SAMPLERS; spelled out so that `--help` need not import torch
+sampler_option = click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
+                              help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
+
+
 @main.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(file_okay=False))
@@ -191,8 +196,7 @@ def export(checkpoint, weights, data, masks, notes):
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: skip them).")
 @click.option("--save-comparison", is_flag=True, help="Also write <stem>_compare.png (masked | filled).")
 @click.option("--steps", type=int, help="Sampling steps for diffusion methods.")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
-              help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
+@sampler_option
 @click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
@@ -224,8 +228,7 @@ def inpaint(**options):
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--sample-grid", default=8, show_default=True, help="Images shown in the HTML report's grid.")
 @click.option("--steps", type=int, help="Sampling steps (diffusion) or latent-search iterations (wgan).")
-@click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
-              help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
+@sampler_option
 @click.option("--seed", default=0, show_default=True)
 def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, sampler,
              seed):
