@@ -84,6 +84,10 @@ def methods_command():
 sampler_option = click.option("--sampler", type=click.Choice(["ddim", "ddpm"]),
                               help="Diffusion sampler: ddim, or ddpm (ancestral; all T steps unless --steps).")
 
+amp_option = click.option("--amp", is_flag=True,
+                          help="bf16 autocast while filling: about 2x faster on CUDA and on CPUs with bf16 "
+                               "instructions; scores may differ slightly from float32.")
+
 
 @main.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
@@ -128,7 +132,7 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--batch-size", type=int, help="[default: 64]")
 @click.option("--lr", type=float, help="Learning rate; default: the paper's.")
 @click.option("--device", help="auto | cpu | cuda  [default: auto]")
-@click.option("--amp/--no-amp", default=None, help="bf16 autocast on CUDA.")
+@click.option("--amp/--no-amp", default=None, help="bf16 autocast (CUDA, or a CPU with bf16 support).")
 @click.option("--ema", type=float, help="EMA decay for the inference networks (e.g. 0.999).")
 @click.option("--workers", type=int, help="Data-loading workers. [default: 2]")
 @click.option("--out", help="Run folder. [default: runs/train]")
@@ -169,14 +173,15 @@ def train(method, config_file, sets, **flags):
 @click.option("--masks", default="center,random-box,irregular", show_default=True,
               help="Stored mask kinds to evaluate with --data (those present).")
 @click.option("--note", "notes", multiple=True, help="A remark for the card (repeatable).")
-def export(checkpoint, weights, data, masks, notes):
+@amp_option
+def export(checkpoint, weights, data, masks, notes, amp):
     """Write the inference-only weights file and its JSON card from a training checkpoint.
 
     CHECKPOINT may also be a weights file: it is copied with its training record, and with
     --data its metrics are measured again on this machine (e.g. for weights trained elsewhere)."""
     from facefill.engine.train import export_checkpoint
 
-    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes)
+    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes, amp)
     click.echo(f"wrote {weights} ({card['parameters']:,} parameters)")
 
 
@@ -197,6 +202,7 @@ def export(checkpoint, weights, data, masks, notes):
 @click.option("--save-comparison", is_flag=True, help="Also write <stem>_compare.png (masked | filled).")
 @click.option("--steps", type=int, help="Sampling steps for diffusion methods.")
 @sampler_option
+@amp_option
 @click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
@@ -229,15 +235,16 @@ def inpaint(**options):
 @click.option("--sample-grid", default=8, show_default=True, help="Images shown in the HTML report's grid.")
 @click.option("--steps", type=int, help="Sampling steps (diffusion) or latent-search iterations (wgan).")
 @sampler_option
+@amp_option
 @click.option("--seed", default=0, show_default=True)
 def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, sampler,
-             seed):
+             amp, seed):
     """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
     from facefill.engine.evaluate import run_eval
 
     config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
                             report=report, limit=limit, device=device, batch_size=batch_size,
-                            sample_grid=sample_grid, steps=steps, sampler=sampler, seed=seed)
+                            sample_grid=sample_grid, steps=steps, sampler=sampler, amp=amp, seed=seed)
     _run(run_eval, config)
 
 
@@ -265,9 +272,10 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--batch-size", default=32, show_default=True, help="--sweep: images per batch.")
 @click.option("--out", default="reports/bench.json", show_default=True,
               help="JSON results; with --sweep also a Markdown table beside it (.md).")
+@amp_option
 @click.option("--seed", default=0, show_default=True)
 def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, sweep, data, masks,
-          limit, batch_size, out, seed):
+          limit, batch_size, out, amp, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
     or, with --sweep, speed against quality over sampling settings.
 
@@ -287,6 +295,6 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
         return cfg.BenchConfig(methods=names, weights=tuple(weights), size=size, batch_sizes=sizes,
                                device=device, repeat=repeat, warmup=warmup, pipeline_images=pipeline_images,
                                out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
-                               batch_size=batch_size)
+                               batch_size=batch_size, amp=amp)
 
     _run(run_bench, _run(build))

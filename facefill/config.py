@@ -40,6 +40,7 @@ class InpaintConfig:
     seed: int = 0
     steps: int | None = None           # sampler steps for diffusion methods
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
+    amp: bool = False                  # bf16 autocast while filling
     summary: str | None = None         # JSON summary path; default OUT/summary.json
 
 
@@ -56,6 +57,7 @@ class EvalConfig:
     sample_grid: int = 8               # images shown in the HTML grid
     steps: int | None = None           # sampler steps / optimisation iterations
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
+    amp: bool = False                  # bf16 autocast while filling
     seed: int = 0
 
 
@@ -78,6 +80,7 @@ class BenchConfig:
     masks: str = "center"              # --sweep: stored mask kind in DATA/masks/
     limit: int = 256                   # --sweep: the first N test images
     batch_size: int = 32               # --sweep: images per filling batch
+    amp: bool = False                  # bf16 autocast while filling
 
 
 @dataclass(frozen=True)

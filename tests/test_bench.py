@@ -164,14 +164,14 @@ def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypa
     original = evaluate.fill_tensor_batch
 
     def spy(inpainter, images, masks):
-        calls.append((inpainter.sampler, inpainter.steps, len(images)))
+        calls.append((inpainter.sampler, inpainter.steps, len(images), inpainter.amp))
         return original(inpainter, images, masks)
 
     monkeypatch.setattr(evaluate, "fill_tensor_batch", spy)
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(main, ["bench", "--weights", str(tiny_ddpm_weights), "--sweep", "2,4,ddpm",
                                        "--data", str(tiny_dataset), "--limit", "3", "--batch-size", "2",
-                                       "--device", "cpu", "--out", str(out)])
+                                       "--device", "cpu", "--amp", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = _strict_json(out)
     assert data["rows"] == [] and data["pipeline"] == []
@@ -179,7 +179,7 @@ def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypa
     assert [(r["setting"], r["sampler"], r["steps"]) for r in rows] == [("2", "ddim", 2), ("4", "ddim", 4),
                                                                        ("ddpm", "ddpm", None)]
     for row in rows:
-        assert row["method"] == "ddpm-ffc" and row["weights"] == str(tiny_ddpm_weights)
+        assert row["method"] == "ddpm-ffc" and row["weights"] == str(tiny_ddpm_weights) and row["amp"] is True
         assert (row["images"], row["limit"], row["batch_size"], row["masks"]) == (3, 3, 2, "center")
         assert row["device"] == "cpu" and row["data"] == str(tiny_dataset)
         assert row["psnr"] is not None and 0 < row["psnr"] < 100 and 0 < row["ssim"] <= 1
@@ -187,7 +187,8 @@ def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypa
         assert row["seconds_per_image"] == pytest.approx(row["seconds"] / 3)
         assert row["cpu_peak_rss_delta_mb"] >= 0
     # per setting: one untimed warm-up batch of 2, then 3 images in batches of 2, 1
-    assert calls == [(s, n, b) for s, n in (("ddim", 2), ("ddim", 4), ("ddpm", None)) for b in (2, 2, 1)]
+    # (--amp reaches the method: every fill runs under bf16 autocast)
+    assert calls == [(s, n, b, True) for s, n in (("ddim", 2), ("ddim", 4), ("ddpm", None)) for b in (2, 2, 1)]
     markdown = Path(data["trade_off_markdown"])
     assert markdown == out.with_suffix(".md")
     table = [line for line in markdown.read_text().splitlines() if line.startswith("| ddpm-ffc")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -283,3 +284,31 @@ def test_trains_and_exports_through_the_engine(tiny_dataset, tmp_path):
     data = batch(32)
     assert torch.equal(load_weights(weights).inpaint(data["image"], data["mask"]),
                        trained.inpaint(data["image"], data["mask"]))
+
+
+def test_bf16_autocast_fill_keeps_known_pixels_and_tracks_float32():
+    method = tiny_method().eval()
+    jitter_weights(method.unet)
+    data = batch()
+    full = method.inpaint(data["image"], data["mask"])
+    method.amp = True
+    half = method.inpaint(data["image"], data["mask"])
+    assert half.dtype == torch.float32
+    known = data["mask"].expand_as(half) == 0
+    assert torch.equal(half[known], data["image"][known])
+    assert not torch.equal(half, full)  # autocast did run the network in bf16
+    assert (half - full).abs().mean() < 0.05
+
+
+def test_trains_under_bf16_autocast_on_the_cpu(tiny_dataset, tmp_path):
+    from facefill.config import TrainConfig
+    from facefill.engine.train import train
+
+    summary = train(TrainConfig(method="ddpm-ffc", data=str(tiny_dataset), out=str(tmp_path / "run"), steps=2,
+                                batch_size=2, workers=0, val_every=2, ckpt_every=1000, log_every=1, amp=True,
+                                device="cpu", method_settings=tuple({**TINY, "channel_mult": (1, 2, 2)}.items())))
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logs if "loss" in row] == [1, 2]
+    assert all(math.isfinite(row["loss"]) for row in logs if "loss" in row)
+    assert any(math.isfinite(row.get("val_psnr", math.nan)) for row in logs)
+    assert summary["checkpoint"]

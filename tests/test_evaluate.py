@@ -303,3 +303,18 @@ def test_eval_sampler_reaches_methods_that_take_it(tiny_dataset, tmp_path, monke
     evaluate.run_eval(EvalConfig(data=str(tiny_dataset), masks="center", methods=("telea",), sampler="ddpm",
                                  limit=1, sample_grid=0, report=str(tmp_path / "r")))
     assert seen == ["ddpm"]
+
+
+def test_amp_reaches_every_method_and_the_report(tiny_dataset, tmp_path):
+    from facefill.cli import main
+
+    report = tmp_path / "amp-report"
+    result = CliRunner().invoke(main, ["eval", "--data", str(tiny_dataset), "--masks", "center", "--amp",
+                                       "--methods", "telea", "--report", str(report), "--sample-grid", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((report / "metrics.json").read_text())["config"]["amp"] is True
+    from facefill.config import EvalConfig
+    from facefill.engine.evaluate import resolve_methods
+
+    entries = resolve_methods(EvalConfig(methods=("telea",), amp=True), torch.device("cpu"), 32)
+    assert [entry.inpainter.amp for entry in entries] == [True]

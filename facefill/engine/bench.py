@@ -220,6 +220,7 @@ def time_pipeline(name: str, config: BenchConfig, input_dir: Path, warm_dir: Pat
         return InpaintConfig(input_dir=str(source), output_dir=str(work / f"out-{safe}-{tag}"),
                              method=None if weights else name, weights=weights,
                              device=config.device, batch_size=batch_size, overwrite=True, seed=config.seed,
+                             amp=config.amp,
                              summary=str(work / f"summary-{safe}-{tag}.json"))
 
     if warm_dir is not None:
@@ -426,7 +427,7 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
     settings = parse_sweep(config.sweep)
     items, shape, size = load_test_split(config.data, config.masks, config.limit)
     entries = resolve_methods(EvalConfig(data=config.data, masks=config.masks, methods=config.methods,
-                                         weights=config.weights), device, size)
+                                         weights=config.weights, amp=config.amp), device, size)
     for entry in entries:
         for setting in settings:
             _check_setting(entry, setting)
@@ -453,7 +454,7 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
                              "setting": setting, **applied, "device": str(device), "data": str(config.data),
                              "masks": config.masks, "limit": config.limit, "images": len(items), "size": size,
                              "native_size": getattr(entry.inpainter, "size", None),
-                             "batch_size": config.batch_size, "warmup_batches": config.warmup,
+                             "batch_size": config.batch_size, "warmup_batches": config.warmup, "amp": config.amp,
                              "seconds": seconds,
                              "images_per_second": len(items) / seconds if seconds > 0 else float("inf"),
                              "seconds_per_image": seconds_per_image,
@@ -481,7 +482,8 @@ def measure_methods(config: BenchConfig, device: torch.device,
     from facefill.config import EvalConfig
     from facefill.engine.evaluate import resolve_methods
 
-    entries = resolve_methods(EvalConfig(methods=config.methods, weights=config.weights), device, config.size)
+    entries = resolve_methods(EvalConfig(methods=config.methods, weights=config.weights, amp=config.amp),
+                              device, config.size)
     rows = []
     method_sizes, method_weights = {}, {}
     for entry in entries:
@@ -497,7 +499,7 @@ def measure_methods(config: BenchConfig, device: torch.device,
                 measured = time_method(inpainter, images, masks, config.warmup, config.repeat)
             rows.append({"method": name, "weights": entry.weights, "size": size,
                          "native_size": getattr(inpainter, "size", None),
-                         "batch_size": batch_size, "device": str(device), **measured})
+                         "batch_size": batch_size, "device": str(device), "amp": config.amp, **measured})
             del images, masks
         entry.inpainter = inpainter = None  # free the model before the next one runs
         if device.type == "cuda":

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from facefill.config import EvalConfig
-from facefill.methods.base import set_sampler, set_steps
+from facefill.methods.base import set_amp, set_sampler, set_steps
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,8 @@ def resolve_methods(config: EvalConfig, device, image_size: int | None) -> list[
                                    dict(getattr(inpainter, "weights_meta", {}) or {})))
     if not entries:
         raise ValueError("no methods to evaluate: give --methods and/or --weights")
+    for entry in entries:
+        set_amp(entry.inpainter, config.amp)
     return entries
 
 

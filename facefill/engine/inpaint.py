@@ -340,7 +340,7 @@ def run_inpaint(config: InpaintConfig) -> dict:
     unless ``config.overwrite``. The summary is also written to ``config.summary`` (default
     ``OUT/summary.json``) atomically."""
     from facefill.checkpoint import resolve_inpainter
-    from facefill.methods.base import set_sampler, set_steps
+    from facefill.methods.base import set_amp, set_sampler, set_steps
     from facefill.data import folders
     from facefill.devices import resolve_device
 
@@ -364,6 +364,7 @@ def run_inpaint(config: InpaintConfig) -> dict:
     inpainter = resolve_inpainter(config.method, config.weights, device, image_size)
     set_steps(inpainter, config.steps)
     set_sampler(inpainter, config.sampler)
+    set_amp(inpainter, config.amp)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 

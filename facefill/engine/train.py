@@ -167,6 +167,7 @@ class Trainer:
         if config.lr is not None:
             settings["lr"] = config.lr
         self.method = create_method(config.method, **settings).to(self.device)
+        self.method.amp = config.amp  # validation fills under the same autocast as training
         broadcast_parameters(self.method)
         self.optimizers = self.method.configure_optimizers()
         self.ema = EMA(self.method.inference_modules(), config.ema) if config.ema else None
@@ -248,7 +249,8 @@ class Trainer:
             write_json_atomic(self.run.path / "config.json",
                               {"train": config_dict(self.config), "method": config_dict(self.method.config)})
         progress = _progress(self.total_steps, self.step, enabled=self.is_main)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and self.device.type == "cuda"
+        # bf16 autocast: on CUDA, and on CPUs with bf16 instructions (about 2.5x faster convs on AVX512-BF16).
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if config.amp
                     else contextlib.nullcontext())
         start, seconds_before = time.time(), self.seconds
         self.method.train()
@@ -339,12 +341,14 @@ def train(config: TrainConfig) -> dict:
 
 
 # ---------------------------------------------------------------- export
-def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",), notes=()) -> dict:
+def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",), notes=(),
+                      amp: bool = False) -> dict:
     """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
-    test-split metrics from ``facefill eval`` are measured and recorded in the card."""
+    test-split metrics from ``facefill eval`` are measured (bf16 autocast with ``amp``) and recorded
+    in the card."""
     state = load_checkpoint(checkpoint)
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
-        return recard_weights(method_from_payload(state, checkpoint), weights, data, mask_kinds, notes)
+        return recard_weights(method_from_payload(state, checkpoint), weights, data, mask_kinds, notes, amp)
     if state.get("kind") != "training-checkpoint":
         raise ValueError(f"{checkpoint}: not a facefill training checkpoint or weights file")
     method = create_method(state["method"], config_from_dict(state["method"], state["config"]))
@@ -362,31 +366,32 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
             "wall_time_minutes": round(state["train_seconds"] / 60, 1),
             "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {},
             "notes": list(notes)}
-    export_with_metrics(method, weights, meta, data, mask_kinds)
+    export_with_metrics(method, weights, meta, data, mask_kinds, amp)
     return meta
 
 
-def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=()) -> dict:
+def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=(), amp: bool = False) -> dict:
     """Write a method loaded from exported weights (e.g. trained on another machine) to ``weights``
     keeping its training record; with ``data``, its metrics are measured again here and replace
     the old ones."""
     meta = {key: value for key, value in method.weights_meta.items()
             if key not in ("facefill_version", "storage")}  # weights_payload writes these afresh
     meta["notes"] = list(meta.get("notes", [])) + list(notes)
-    export_with_metrics(method, weights, meta, data, mask_kinds)
+    export_with_metrics(method, weights, meta, data, mask_kinds, amp)
     return meta
 
 
-def export_with_metrics(method, weights, meta, data, mask_kinds) -> None:
+def export_with_metrics(method, weights, meta, data, mask_kinds, amp: bool = False) -> None:
     """Write the weights and card; with ``data``, measure the test metrics and write them in."""
     export_weights(method, weights, meta)
     if data:
-        meta["metrics"] = evaluate_weights(weights, data, mask_kinds)
-        meta["eval_command"] = (f"facefill eval --data {data} --masks <kind> --methods '' --weights {weights}")
+        meta["metrics"] = evaluate_weights(weights, data, mask_kinds, amp)
+        meta["eval_command"] = (f"facefill eval --data {data} --masks <kind> --methods '' --weights {weights}"
+                                + (" --amp" if amp else ""))
         export_weights(method, weights, meta)
 
 
-def evaluate_weights(weights, data, mask_kinds) -> dict:
+def evaluate_weights(weights, data, mask_kinds, amp: bool = False) -> dict:
     from facefill.config import EvalConfig
     from facefill.engine.evaluate import run_eval
 
@@ -396,10 +401,10 @@ def evaluate_weights(weights, data, mask_kinds) -> dict:
             continue
         report = Path("reports") / f"eval-{Path(weights).stem}-{kind}"
         result = run_eval(EvalConfig(data=str(data), masks=kind, methods=(), weights=(str(weights),),
-                                     report=str(report)))
+                                     report=str(report), amp=amp))
         (name, entry), = result["methods"].items()
         metrics[kind] = {**{k: round(v, 4) for k, v in entry["means"].items()}, "count": result["count"],
-                         "data": str(data), "split": "test"}
+                         "data": str(data), "split": "test", **({"amp": "bf16"} if amp else {})}
     return metrics
 
 

@@ -11,6 +11,7 @@ class Inpainter:
     name: str = ""
     trainable = False
     size: int | None = None  # native resolution; None = any size
+    amp = False              # bf16 autocast for the networks (`--amp`); the fill is returned in float32
 
     def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The raw fill, same shape as ``image``."""
@@ -18,7 +19,9 @@ class Inpainter:
 
     @torch.no_grad()
     def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        fill = self.predict(image, mask).clamp(0, 1)
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            fill = self.predict(image, mask)
+        fill = fill.to(image.dtype).clamp(0, 1)
         return mask * fill + (1 - mask) * image
 
     def to_device(self, device: torch.device) -> "Inpainter":
@@ -96,6 +99,11 @@ def set_steps(inpainter: Inpainter, steps: int | None) -> None:
         logging.getLogger(__name__).warning("method %s takes no --steps; ignored", inpainter.name)
         return
     inpainter.steps = steps
+
+
+def set_amp(inpainter: Inpainter, amp: bool) -> None:
+    """``--amp``: bf16 autocast while filling (learned methods; classical ones are unaffected)."""
+    inpainter.amp = bool(amp)
 
 
 SAMPLERS = ("ddim", "ddpm")
