@@ -173,15 +173,19 @@ def train(method, config_file, sets, **flags):
 @click.option("--masks", default="center,random-box,irregular", show_default=True,
               help="Stored mask kinds to evaluate with --data (those present).")
 @click.option("--note", "notes", multiple=True, help="A remark for the card (repeatable).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Store this method setting in the weights (inference settings, e.g. --set eta=1.0 "
+                   "for ddpm-ffc); the card records it.")
 @amp_option
-def export(checkpoint, weights, data, masks, notes, amp):
+def export(checkpoint, weights, data, masks, notes, sets, amp):
     """Write the inference-only weights file and its JSON card from a training checkpoint.
 
     CHECKPOINT may also be a weights file: it is copied with its training record, and with
     --data its metrics are measured again on this machine (e.g. for weights trained elsewhere)."""
     from facefill.engine.train import export_checkpoint
 
-    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes, amp)
+    settings = _run(cfg.parse_sets, sets)
+    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes, amp, settings)
     click.echo(f"wrote {weights} ({card['parameters']:,} parameters)")
 
 

@@ -312,3 +312,24 @@ def test_trains_under_bf16_autocast_on_the_cpu(tiny_dataset, tmp_path):
     assert all(math.isfinite(row["loss"]) for row in logs if "loss" in row)
     assert any(math.isfinite(row.get("val_psnr", math.nan)) for row in logs)
     assert summary["checkpoint"]
+
+
+def test_export_stores_inference_settings_in_weights_and_card(tiny_dataset, tmp_path):
+    from facefill.config import TrainConfig
+    from facefill.engine.train import export_checkpoint, train
+
+    settings = {**TINY, "channel_mult": (1, 2, 2), "sample_steps": 2}
+    summary = train(TrainConfig(method="ddpm-ffc", data=str(tiny_dataset), out=str(tmp_path / "run"), steps=1,
+                                batch_size=2, workers=0, val_every=1000, ckpt_every=1000,
+                                method_settings=tuple(settings.items())))
+    weights = tmp_path / "ddpm.pt"
+    card = export_checkpoint(summary["checkpoint"], weights, settings={"eta": 1.0})
+    assert card["export_settings"] == {"eta": 1.0}
+    loaded = load_weights(weights)
+    assert loaded.eta == 1.0 and loaded.config.eta == 1.0
+    again = tmp_path / "again.pt"
+    card = export_checkpoint(weights, again, settings={"sample_steps": 3})  # a weights file, re-carded
+    assert card["export_settings"] == {"eta": 1.0, "sample_steps": 3}
+    assert load_weights(again).config.sample_steps == 3 and load_weights(again).eta == 1.0
+    with pytest.raises(ValueError, match="no setting"):
+        export_checkpoint(weights, tmp_path / "bad.pt", settings={"no_such_setting": 1})

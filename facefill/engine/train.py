@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -342,16 +343,21 @@ def train(config: TrainConfig) -> dict:
 
 # ---------------------------------------------------------------- export
 def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",), notes=(),
-                      amp: bool = False) -> dict:
+                      amp: bool = False, settings: dict | None = None) -> dict:
     """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
     test-split metrics from ``facefill eval`` are measured (bf16 autocast with ``amp``) and recorded
-    in the card."""
+    in the card. ``settings`` replace method settings in the stored config (inference ones, such
+    as a sampler's ``eta`` chosen on validation images); the card records them."""
     state = load_checkpoint(checkpoint)
+    settings = dict(settings or {})
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
-        return recard_weights(method_from_payload(state, checkpoint), weights, data, mask_kinds, notes, amp)
+        payload = {**state, "config": _replaced_settings(state["method"], state.get("config", {}), settings)}
+        return recard_weights(method_from_payload(payload, checkpoint), weights, data, mask_kinds, notes, amp,
+                              settings)
     if state.get("kind") != "training-checkpoint":
         raise ValueError(f"{checkpoint}: not a facefill training checkpoint or weights file")
-    method = create_method(state["method"], config_from_dict(state["method"], state["config"]))
+    config = _replaced_settings(state["method"], state["config"], settings)
+    method = create_method(state["method"], config_from_dict(state["method"], config))
     method.load_state_dict(state["model"])
     if state.get("ema"):
         method.load_export_state(state["ema"])
@@ -365,18 +371,21 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
             "command": state.get("command"), "device": state.get("device"),
             "wall_time_minutes": round(state["train_seconds"] / 60, 1),
             "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {},
-            "notes": list(notes)}
+            "notes": list(notes), **({"export_settings": settings} if settings else {})}
     export_with_metrics(method, weights, meta, data, mask_kinds, amp)
     return meta
 
 
-def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=(), amp: bool = False) -> dict:
+def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=(), amp: bool = False,
+                   settings: dict | None = None) -> dict:
     """Write a method loaded from exported weights (e.g. trained on another machine) to ``weights``
     keeping its training record; with ``data``, its metrics are measured again here and replace
     the old ones."""
     meta = {key: value for key, value in method.weights_meta.items()
             if key not in ("facefill_version", "storage")}  # weights_payload writes these afresh
     meta["notes"] = list(meta.get("notes", [])) + list(notes)
+    if settings:
+        meta["export_settings"] = {**meta.get("export_settings", {}), **settings}
     export_with_metrics(method, weights, meta, data, mask_kinds, amp)
     return meta
 
@@ -406,6 +415,17 @@ def evaluate_weights(weights, data, mask_kinds, amp: bool = False) -> dict:
         metrics[kind] = {**{k: round(v, 4) for k, v in entry["means"].items()}, "count": result["count"],
                          "data": str(data), "split": "test", **({"amp": "bf16"} if amp else {})}
     return metrics
+
+
+def _replaced_settings(method: str, stored: dict, settings: dict) -> dict:
+    """The stored config with ``settings`` in place; a key the method does not have is an error."""
+    from facefill.registry import get_method_class
+
+    known = {f.name for f in dataclasses.fields(get_method_class(method).config_class)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{method} has no setting(s) {', '.join(unknown)}")
+    return {**stored, **settings}
 
 
 def _steps_per_epoch(state) -> int:
