@@ -193,6 +193,7 @@ def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypa
     assert markdown == out.with_suffix(".md")
     table = [line for line in markdown.read_text().splitlines() if line.startswith("| ddpm-ffc")]
     assert len(table) == 3 and "| ddpm |" in table[2]
+    assert [row["eta"] for row in rows] == [0.0, 0.0, None] and "| eta |" in markdown.read_text()
     assert "trade-off" in result.output
 
 

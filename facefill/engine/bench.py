@@ -349,6 +349,8 @@ def _trade_off_columns(result: dict) -> list[tuple[str, str, int]]:
                ("seconds", "Seconds", 2), ("images_per_second", "img/s", 2),
                ("seconds_per_image", "s/img", 4),
                ("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("cpu_peak_rss_delta_mb", "CPU peak MiB", 1)]
+    if any(row.get("eta") is not None for row in result["trade_off"]):  # a DDIM sampler's eta
+        columns.insert(2, ("eta", "eta", 2))
     if result["device"].startswith("cuda"):
         columns.append(("cuda_peak_mb", "CUDA peak MiB", 1))
     return columns
@@ -451,7 +453,9 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
                 seconds = seconds_per_image * len(items)
                 means = mean_metrics(scored)
                 rows.append({"method": entry.name, "weights": entry.weights, "source": entry.source,
-                             "setting": setting, **applied, "device": str(device), "data": str(config.data),
+                             "setting": setting, **applied,
+                             "eta": getattr(entry.inpainter, "eta", None) if applied["sampler"] == "ddim" else None,
+                             "device": str(device), "data": str(config.data),
                              "masks": config.masks, "limit": config.limit, "images": len(items), "size": size,
                              "native_size": getattr(entry.inpainter, "size", None),
                              "batch_size": config.batch_size, "warmup_batches": config.warmup, "amp": config.amp,
