@@ -53,7 +53,11 @@ def make_config(name: str, values: dict | None = None):
     if unknown:
         raise ValueError(f"unknown setting(s) for {name}: {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(known))}")
-    return cls.config_class(**(values or {}))
+    try:
+        return cls.config_class(**(values or {}))
+    except TypeError as error:  # a value of the wrong type, e.g. --set sample_steps=abc
+        raise ValueError(f"bad setting value for {name} ({', '.join(f'{k}={v!r}' for k, v in (values or {}).items())}): "
+                         f"{error}") from None
 
 
 def create_method(name: str, config=None, **values):

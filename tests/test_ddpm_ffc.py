@@ -333,3 +333,8 @@ def test_export_stores_inference_settings_in_weights_and_card(tiny_dataset, tmp_
     assert load_weights(again).config.sample_steps == 3 and load_weights(again).eta == 1.0
     with pytest.raises(ValueError, match="no setting"):
         export_checkpoint(weights, tmp_path / "bad.pt", settings={"no_such_setting": 1})
+
+
+def test_a_setting_of_the_wrong_type_is_a_clear_error():
+    with pytest.raises(ValueError, match="bad setting value for ddpm-ffc"):
+        create_method("ddpm-ffc", sample_steps="abc")

@@ -14,7 +14,7 @@ CARD_KEYS = {"method", "file", "config", "size", "data", "steps", "epochs", "bat
 
 def test_weights_ship():
     assert {p.stem for p in SHIPPED} >= {"dense-gan-128", "dense-gan-64", "two-stage-gan-128", "glcic-128",
-                                         "wgan-64", "context-encoder-64", "autoencoder-64"}
+                                         "wgan-64", "context-encoder-64", "autoencoder-64", "ddpm-ffc-64"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
