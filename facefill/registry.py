@@ -56,8 +56,8 @@ def make_config(name: str, values: dict | None = None):
     try:
         return cls.config_class(**(values or {}))
     except TypeError as error:  # a value of the wrong type, e.g. --set sample_steps=abc
-        raise ValueError(f"bad setting value for {name} ({', '.join(f'{k}={v!r}' for k, v in (values or {}).items())}): "
-                         f"{error}") from None
+        given = ", ".join(f"{key}={value!r}" for key, value in (values or {}).items())
+        raise ValueError(f"bad setting value for {name} ({given}): {error}") from None
 
 
 def create_method(name: str, config=None, **values):

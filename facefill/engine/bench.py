@@ -452,13 +452,13 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
                                                                 progress=progress, shape=shape)
                 seconds = seconds_per_image * len(items)
                 means = mean_metrics(scored)
+                eta = getattr(entry.inpainter, "eta", None) if applied["sampler"] == "ddim" else None
                 rows.append({"method": entry.name, "weights": entry.weights, "source": entry.source,
-                             "setting": setting, **applied,
-                             "eta": getattr(entry.inpainter, "eta", None) if applied["sampler"] == "ddim" else None,
-                             "device": str(device), "data": str(config.data),
+                             "setting": setting, **applied, "eta": eta, "device": str(device), "data": str(config.data),
                              "masks": config.masks, "limit": config.limit, "images": len(items), "size": size,
                              "native_size": getattr(entry.inpainter, "size", None),
-                             "batch_size": config.batch_size, "warmup_batches": config.warmup, "amp": config.amp,
+                             "batch_size": config.batch_size, "warmup_batches": config.warmup,
+                             "amp": config.amp,
                              "seconds": seconds,
                              "images_per_second": len(items) / seconds if seconds > 0 else float("inf"),
                              "seconds_per_image": seconds_per_image,

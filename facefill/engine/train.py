@@ -26,6 +26,7 @@ from facefill.config import TrainConfig, config_dict
 from facefill.data.dataset import FaceDataset, list_split
 from facefill.devices import resolve_device
 from facefill.fileio import write_image_atomic, write_json_atomic
+from facefill.methods.base import set_amp
 from facefill.registry import create_method
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Trainer:
         if config.lr is not None:
             settings["lr"] = config.lr
         self.method = create_method(config.method, **settings).to(self.device)
-        self.method.amp = config.amp  # validation fills under the same autocast as training
+        set_amp(self.method, config.amp)  # validation fills under the same autocast as training
         broadcast_parameters(self.method)
         self.optimizers = self.method.configure_optimizers()
         self.ema = EMA(self.method.inference_modules(), config.ema) if config.ema else None
