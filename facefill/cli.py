@@ -208,13 +208,19 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
 @sampler_option
 @amp_option
 @click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
+@click.option("--aligned", is_flag=True,
+              help="Images are face crops in the model's framing: skip face detection.")
+@click.option("--dilate", default=0, show_default=True, help="Grow each hole by N pixels before filling.")
+@click.option("--feather", default=0, show_default=True,
+              help="Soft edge of N pixels inside the dilated hole (the given hole is always replaced).")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
     """Fill every image in INPUT_DIR and write the results to OUTPUT_DIR.
 
     Masks come from <stem>_mask.png beside each image, --mask-dir, --mask, --masks, or, with
-    none of these, from detecting flat-filled occluders (a large region of one exact colour).
-    Only hole pixels change. Exit code: 0 all done, 1 some files failed, 2 usage error.
+    none of these, from detecting flat-filled occluders (a near-uniform region over a face).
+    Faces are detected, each hole is filled in the face's crop at the model's size and pasted
+    back at full resolution: only hole pixels (grown by --dilate) change. Exit code: 0 all done, 1 some files failed, 2 usage error.
     """
     from facefill.engine.inpaint import run_inpaint
 

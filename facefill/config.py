@@ -42,6 +42,9 @@ class InpaintConfig:
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     amp: bool = False                  # bf16 autocast while filling
     summary: str | None = None         # JSON summary path; default OUT/summary.json
+    aligned: bool = False              # faces already cropped: no face detection
+    dilate: int = 0                    # grow the hole by this many pixels before filling
+    feather: int = 0                   # soft edge (pixels) inside the dilated hole
 
 
 @dataclass(frozen=True)

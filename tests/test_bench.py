@@ -124,9 +124,9 @@ def tiny_ddpm_weights(tmp_path) -> Path:
     return path
 
 
-def test_parse_sweep_and_apply_sampling():
+def test_parse_sweep_and_sweep_options():
     from facefill.engine.bench import parse_sweep
-    from facefill.methods.base import apply_sampling, set_sampler
+    from facefill.inference.options import FillOptions, sweep_options
     from facefill.registry import create_method
 
     assert parse_sweep("25, 50,DDPM,025,") == ("25", "50", "ddpm")
@@ -134,24 +134,19 @@ def test_parse_sweep_and_apply_sampling():
         with pytest.raises(ValueError, match="--sweep"):
             parse_sweep(bad)
     method = create_method("ddpm-ffc", **TINY_DDPM)
-    assert apply_sampling(method, "ddpm") == {"sampler": "ddpm", "steps": None}
-    assert (method.sampler, method.steps) == ("ddpm", None)
-    assert apply_sampling(method, 4) == {"sampler": "ddim", "steps": 4}
-    assert (method.sampler, method.steps) == ("ddim", 4)
-    set_sampler(method, "ddpm")
-    assert method.sampler == "ddpm" and method.steps == 4
+    assert sweep_options(method, "ddpm") == FillOptions(sampler="ddpm", steps=None)
+    assert sweep_options(method, 4, FillOptions(seed=2)) == FillOptions(sampler="ddim", steps=4, seed=2)
 
     class Searcher(Inpainter):  # latent search: iterations, no sampler
-        name, steps = "searcher", 100
+        name, option_names = "searcher", ("steps", "seed")
 
-    searcher = Searcher()
-    assert apply_sampling(searcher, "7") == {"sampler": None, "steps": 7} and searcher.steps == 7
+    assert sweep_options(Searcher(), "7") == FillOptions(steps=7)
     with pytest.raises(ValueError, match="'searcher' has no sampler"):
-        apply_sampling(searcher, "ddpm")
+        sweep_options(Searcher(), "ddpm")
     from facefill.methods.classical import Telea
 
     with pytest.raises(ValueError, match="'telea' takes no sampling steps"):
-        apply_sampling(Telea(), 5)
+        sweep_options(Telea(), 5)
 
 
 def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypatch):
@@ -163,9 +158,9 @@ def test_cli_sweep_tiny_ddpm(tiny_dataset, tiny_ddpm_weights, tmp_path, monkeypa
     calls = []
     original = evaluate.fill_tensor_batch
 
-    def spy(inpainter, images, masks):
-        calls.append((inpainter.sampler, inpainter.steps, len(images), inpainter.amp))
-        return original(inpainter, images, masks)
+    def spy(inpainter, images, masks, options=None):
+        calls.append((options.sampler, options.steps, len(images), options.amp))
+        return original(inpainter, images, masks, options)
 
     monkeypatch.setattr(evaluate, "fill_tensor_batch", spy)
     out = tmp_path / "bench.json"

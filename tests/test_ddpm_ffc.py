@@ -11,6 +11,7 @@ import torch
 import facefill.methods.ddpm_ffc  # noqa: F401  (registers ddpm-ffc)
 from facefill.checkpoint import export_weights, half_precision, load_weights
 from facefill.diffusion import DDIMScheduler, DDPMScheduler, NoiseScheduler
+from facefill.inference.options import FillOptions
 from facefill.methods.ddpm_ffc import CosineDecay, augment
 from facefill.nn.ffc import FFC, FFCResBlock, FourierUnit
 from facefill.registry import create_method
@@ -165,18 +166,16 @@ def test_predict_honours_steps_sampler_and_seed():
     data = batch()
     first = method.predict(data["image"], data["mask"])
     assert len(calls) == TINY["sample_steps"]
-    method.steps = 5
     calls.clear()
-    method.predict(data["image"], data["mask"])
+    method.predict(data["image"], data["mask"], FillOptions(steps=5))
     assert len(calls) == 5 and calls[0][0] < calls[-1][0]  # noisy (small alpha-bar) first
-    method.steps, method.sampler = None, "ddpm"
     calls.clear()
-    method.predict(data["image"], data["mask"])
+    method.predict(data["image"], data["mask"], FillOptions(sampler="ddpm"))
     assert len(calls) == TINY["timesteps"]
-    method.sampler = "ddim"
-    assert torch.equal(method.predict(data["image"], data["mask"]), first)
-    method.seed = 1
-    assert not torch.equal(method.predict(data["image"], data["mask"]), first)
+    assert torch.equal(method.predict(data["image"], data["mask"], FillOptions(sampler="ddim")), first)
+    assert not torch.equal(method.predict(data["image"], data["mask"], FillOptions(seed=1)), first)
+    assert torch.equal(method.inpaint(data["image"], data["mask"], FillOptions(seed=1)),
+                       method.inpaint(data["image"], data["mask"], FillOptions(seed=1)))
 
 
 def test_training_step_changes_the_unet_with_a_finite_hole_loss():
@@ -291,8 +290,7 @@ def test_bf16_autocast_fill_keeps_known_pixels_and_tracks_float32():
     jitter_weights(method.unet)
     data = batch()
     full = method.inpaint(data["image"], data["mask"])
-    method.amp = True
-    half = method.inpaint(data["image"], data["mask"])
+    half = method.inpaint(data["image"], data["mask"], FillOptions(amp=True))
     assert half.dtype == torch.float32
     known = data["mask"].expand_as(half) == 0
     assert torch.equal(half[known], data["image"][known])

@@ -15,7 +15,8 @@ from PIL import Image
 from facefill import fileio
 from facefill.cli import main
 from facefill.config import InpaintConfig
-from facefill.engine.inpaint import crop_box, fill_batch, fill_image, fit_to_size, run_inpaint
+from facefill.engine.inpaint import crop_box, fill_batch, fill_image, run_inpaint
+from facefill.inference.fitting import box_transform, hole_in, warp_in
 from facefill.methods.base import Inpainter
 from facefill.registry import create_method
 
@@ -101,8 +102,9 @@ def test_crop_box_is_a_square_around_the_hole():
     top, bottom, left, right = crop_box(mask)
     assert (bottom - top, right - left) == (60, 60)
     assert left <= 70 and right >= 90 and 0 <= left and right <= 100
-    fitted = fit_to_size(np.zeros((60, 100, 3), np.uint8), mask, 16)
-    assert fitted.image.shape == (16, 16, 3) and fitted.mask.shape == (16, 16)
+    matrix = box_transform((top, bottom, left, right), 16)
+    assert warp_in(np.zeros((60, 100, 3), np.uint8), matrix, 16).shape == (16, 16, 3)
+    assert hole_in(mask, matrix, 16).shape == (16, 16)
 
 
 def test_fill_batch_groups_mixed_sizes_and_skips_empty_masks(tiny_faces):
@@ -276,7 +278,7 @@ def test_unicode_names_and_mixed_failures(tiny_faces, tmp_path):
     Image.fromarray(image).save(src / "visage_é_顔.png")
     Image.fromarray(faces(tiny_faces)[1]).save(src / "natural.png")
     Image.fromarray(image).save(src / "wrong.png")
-    Image.new("L", (8, 8), 255).save(src / "wrong_mask.png")
+    Image.new("L", (8, 10), 255).save(src / "wrong_mask.png")  # another aspect ratio
     (src / "zero.jpg").write_bytes(b"")
     summary = run_inpaint(config(src, tmp_path / "out"))
     assert summary["done"] == ["visage_é_顔.png"]

@@ -11,9 +11,11 @@ Mask sources, in order of precedence (the first that applies wins):
 2. ``<stem>_mask.<image suffix>`` beside the image;
 3. detection of a flat-filled occluder (see :func:`detect_occluder`).
 
-Mask files: white (> 127) = hole, binarised at 127 after converting any mode to grey (an alpha
-channel counts as black where transparent); ``invert`` flips the convention. A mask whose size
-differs from its image is refused.
+Mask files: white (> 127) = hole, binarised at 127 after converting any mode to grey (a mask
+whose values are only 0 and 1 counts 1 as hole); ``invert`` flips the convention; transparent
+pixels of a mask with alpha are never holes, inverted or not. Masks are in the image's displayed
+orientation (EXIF rotation applied). A mask of another size but the same aspect ratio is resized
+(nearest neighbour); any other size is refused.
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
+
+from facefill.inference.faces import detect_faces
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,17 @@ DECODE_REASON = "cannot decode image (truncated or not an image)"
 NO_MASK_REASON = "no mask given and no flat-filled occluder found"
 
 # Occluder detection settings (see detect_occluder for how they were tuned).
+MASK_WARN_FRACTION = 0.6         # a mask covering more may be inverted: warn
 OCCLUDER_MIN_FRACTION = 0.015
 OCCLUDER_MIN_CONTRAST = 24
 OCCLUDER_TOP_COLOURS = 8
 OCCLUDER_DILATE = 2
+OCCLUDER_TOLERANCE = 12         # a painted colour after JPEG (quality 75: 90 % of pixels within 5)
+OCCLUDER_EDGE_TOLERANCE = 48    # ... and its blurred edge (quality 75: 99 % within 19, the rest up to 44+)
+OCCLUDER_EDGE_GROWTH = 4        # pixels the edge may add around the near-uniform core
+OCCLUDER_MIN_UNIFORM = 0.7      # share of a fill's pixels within 2 of its colour (JPEG q75: 90 % of fills
+                                # >= 0.76; natural near-uniform regions: 99 % < 0.72)
+OCCLUDER_MIN_SOLIDITY = 0.85    # a border-touching region without a face must be a bar or box
 
 
 class FileFailure(Exception):
@@ -141,7 +153,9 @@ def pair_masks(images: list[Path], *, mask_dir=None, mask=None, masks: str | Non
         return [MaskSpec("mask", path=mask) for _ in images]
     if mask_dir:
         mask_dir = Path(mask_dir)
-        files = _files(mask_dir)
+        inputs = {image.resolve() for image in images}
+        # an input image is never a mask (--mask-dir may be the input folder: <stem>_mask.* then)
+        files = [f for f in _files(mask_dir) if f.resolve() not in inputs and not _is_input_image_in(f, inputs)]
         same_stem, with_suffix = _index_by_stem(files), _index_by_stem(files, MASK_SUFFIX)
         specs = []
         for image in images:
@@ -157,6 +171,11 @@ def pair_masks(images: list[Path], *, mask_dir=None, mask=None, masks: str | Non
         path = beside[image.parent].get(image.stem)
         specs.append(MaskSpec("beside", path=path) if path else MaskSpec("detected"))
     return specs
+
+
+def _is_input_image_in(path: Path, inputs: set[Path]) -> bool:
+    """Whether ``path`` sits in an input folder and is listed as an input there."""
+    return path.resolve().parent in {p.parent for p in inputs} and _is_input_image(path)
 
 
 def check_mask_kind(kind: str) -> None:
@@ -261,7 +280,8 @@ def image_size(path) -> tuple[int, int] | None:
 # ----------------------------------------------------------------------------------------- masks
 
 def read_mask_file(path, shape: tuple[int, int] | None = None, invert: bool = False) -> np.ndarray:
-    """A mask file in any mode -> HxW bool (True = hole); refuses a size other than ``shape``."""
+    """A mask file in any mode -> HxW bool (True = hole), resized (nearest) to ``shape`` when
+    only its scale differs; another aspect ratio is refused."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise FileFailure(f"cannot decode mask {path} (empty file)")
@@ -270,16 +290,49 @@ def read_mask_file(path, shape: tuple[int, int] | None = None, invert: bool = Fa
         rgb, alpha = to_rgb_alpha(image)
     except Exception:
         raise FileFailure(f"cannot decode mask {path} (mode {image.mode})") from None
-    grey = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16)
-    if alpha is not None:  # transparent = not a hole, whatever colour it stores
-        grey = (grey * alpha.astype(np.uint16) + 127) // 255
-    hole = grey > 127
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    hole = mask_values_to_hole(grey, alpha, invert)
+    if shape is not None:
+        hole = fit_mask_shape(hole, tuple(shape), path)
+    if hole.mean() > MASK_WARN_FRACTION:
+        log.warning("mask %s covers %.0f %% of the image: is it inverted? (white = hole; --invert-mask "
+                    "for black = hole)", path, 100 * hole.mean())
+    return hole
+
+
+def mask_values_to_hole(grey: np.ndarray, alpha: np.ndarray | None = None, invert: bool = False) -> np.ndarray:
+    """Grey mask values -> hole: above 127 (a mask whose values are only 0 and 1 counts 1), flipped
+    by ``invert``; transparent pixels (alpha <= 127) are never holes, inverted or not."""
+    grey = np.asarray(grey)
+    hole = grey >= 1 if grey.size and grey.max() == 1 else grey > 127
     if invert:
         hole = ~hole
-    if shape is not None and hole.shape != tuple(shape):
-        raise FileFailure(f"mask {path} is {hole.shape[1]}x{hole.shape[0]}, "
-                          f"image is {shape[1]}x{shape[0]}")
+    if alpha is not None:
+        hole &= np.asarray(alpha) > 127
     return hole
+
+
+def fit_mask_shape(hole: np.ndarray, shape: tuple[int, int], path) -> np.ndarray:
+    """``hole`` at the image's (height, width): resized (nearest) when the aspect ratio matches
+    (to within a pixel); a mask in the image's stored orientation (before EXIF rotation) or of
+    another aspect ratio raises FileFailure."""
+    height, width = hole.shape
+    target_h, target_w = shape
+    if (height, width) == (target_h, target_w):
+        return hole
+    sizes = f"mask {path} is {width}x{height}, image is {target_w}x{target_h}"
+    if _same_aspect((height, width), shape):
+        return cv2.resize(hole.astype(np.uint8), (target_w, target_h), interpolation=cv2.INTER_NEAREST) > 0
+    if height != width and _same_aspect((width, height), shape):
+        raise FileFailure(f"{sizes} as displayed: the mask matches the image turned by 90 degrees (its "
+                          f"stored orientation?); masks are in the displayed orientation, EXIF rotation applied")
+    raise FileFailure(f"{sizes}: a different aspect ratio")
+
+
+def _same_aspect(size: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether ``size`` scaled to one side of ``target`` gives its other side (rounded)."""
+    (height, width), (target_h, target_w) = size, target
+    return round(height * target_w / width) == target_h or round(width * target_h / height) == target_w
 
 
 def generated_mask(kind: str, seed: int, index: int, shape: tuple[int, int]) -> np.ndarray:
@@ -294,57 +347,98 @@ def generated_mask(kind: str, seed: int, index: int, shape: tuple[int, int]) -> 
 
 def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACTION,
                     min_contrast: float = OCCLUDER_MIN_CONTRAST, top_colours: int = OCCLUDER_TOP_COLOURS,
-                    dilate: int = OCCLUDER_DILATE) -> np.ndarray | None:
-    """The hole of a flat-filled occluder (a painted box, sunglasses shape ...), or None.
+                    dilate: int = OCCLUDER_DILATE, faces=None) -> np.ndarray | None:
+    """The hole of flat-filled occluders (a painted box, sunglasses shape ...), or None.
 
-    Candidates are the 4-connected regions (``cv2.connectedComponentsWithStats``) of one exact
-    RGB colour, for the ``top_colours`` most frequent colours, with an area of at least
-    ``min_fraction`` of the image. Natural photographs have such regions too: clipped black or
-    white backgrounds and hair, flat studio backdrops (about 20 % of CelebA-HQ faces have one of
-    1.5 % or more). They fade into their surroundings, while a painted fill stops at an edge, so
-    a candidate must also have contrast: the median, over a 2-pixel ring around it, of the
-    largest channel difference from the fill colour must reach ``min_contrast``. Measured on
-    2,000 CelebA-HQ and 2,000 aligned-CelebA faces at full size and at 128 px, natural regions
-    have a median ring contrast of at most 10 (99 % at most 3), while a painted fill on a face
-    has 50 or more even with an anti-aliased edge. The largest accepted region is returned,
-    dilated by ``dilate`` pixels to cover a soft edge.
-
-    Lossless fills are what this finds; a fill saved as JPEG keeps an exact core but its ringing
-    edge is wider than the dilation, so give a mask file for those.
+    Candidates: for the ``top_colours`` most frequent colours (quantised to 8 levels a channel),
+    the 4-connected regions of pixels within ``OCCLUDER_TOLERANCE`` of the colour (the largest
+    channel difference), of at least ``min_fraction`` of the image, with at least
+    ``OCCLUDER_MIN_UNIFORM`` of their pixels within 2 of it. A JPEG keeps a painted fill
+    near-uniform (at quality 75, 90 % of a box's pixels lie within 5 of its colour, 99 % within
+    19) but blurs its edge: each region that is not exactly one colour (95 % of its pixels) grows by up to ``OCCLUDER_EDGE_GROWTH`` pixels into
+    pixels within ``OCCLUDER_EDGE_TOLERANCE`` of the colour. Natural photographs have flat regions
+    too (clipped black or white backgrounds and hair, studio backdrops); they fade into their
+    surroundings, while a painted fill stops at an edge: the median, over a 2-pixel ring around
+    the grown region, of the largest channel difference from the colour must reach
+    ``min_contrast``. Finally a region must be inside or over a face: where faces are detected
+    it must overlap one (its Haar box grown by half), and a region that reaches the image border
+    must cover part of a face's centre (a black or white background around a portrait never
+    does); where no face is found (the occluder may hide it), a region reaching the border must
+    be solid (a bar or box: ``OCCLUDER_MIN_SOLIDITY`` of its convex hull). The union of accepted
+    regions is returned, dilated by ``dilate`` pixels.
     """
-    import cv2
-
     rgb = np.asarray(rgb)
     height, width = rgb.shape[:2]
     min_area = max(1, int(np.ceil(min_fraction * height * width)))
-    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    colours, counts = np.unique(packed, return_counts=True)
+    quantised = rgb >> 3
+    packed = (quantised[..., 0].astype(np.int32) << 10) | (quantised[..., 1].astype(np.int32) << 5) | quantised[..., 2]
+    bins, counts = np.unique(packed, return_counts=True)
     order = np.argsort(counts, kind="stable")[::-1][:top_colours]
-    kernel = np.ones((3, 3), np.uint8)
-    best, best_area = None, 0
+    faces = detect_faces(rgb) if faces is None else faces
+    found = np.zeros((height, width), bool)
     for i in order:
-        if counts[i] < max(min_area, best_area + 1):
+        if counts[i] < min_area // 4:
             break
-        value = int(colours[i])
-        colour = np.array([(value >> 16) & 255, (value >> 8) & 255, value & 255], np.int16)
-        same = (packed == value).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(same, connectivity=4)
-        for label in np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1] + 1:
-            area = int(stats[label, cv2.CC_STAT_AREA])
-            if area < max(min_area, best_area + 1):
-                break
-            region = (labels == label).astype(np.uint8)
-            ring = cv2.dilate(region, kernel, iterations=2).astype(bool) & ~region.astype(bool)
-            if not ring.any():  # the whole image is one colour: nothing to tell it from
+        colour = np.median(rgb[packed == bins[i]], axis=0).round().astype(np.int16)
+        distance = np.abs(rgb.astype(np.int16) - colour).max(axis=2)
+        near = (distance <= OCCLUDER_TOLERANCE) & ~found
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(near.astype(np.uint8), connectivity=4)
+        for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
+            core = labels == label
+            if np.mean(distance[core] <= 2) < OCCLUDER_MIN_UNIFORM:
                 continue
-            contrast = np.median(np.abs(rgb[ring].astype(np.int16) - colour).max(axis=1))
-            if contrast >= min_contrast:
-                best, best_area = region, area
-    if best is None:
+            lossless = np.mean(distance[core] == 0) >= 0.95  # a sharp edge: the dilation covers it
+            region = core if lossless else _grow_edge(core, distance <= OCCLUDER_EDGE_TOLERANCE)
+            if _stands_out(region, distance, min_contrast) and _over_a_face(region, faces):
+                found |= region
+    if not found.any():
         return None
     if dilate > 0:
-        best = cv2.dilate(best, kernel, iterations=dilate)
-    return best.astype(bool)
+        found = cv2.dilate(found.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=dilate) > 0
+    return found
+
+
+def _grow_edge(region: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``region`` grown step by step (up to OCCLUDER_EDGE_GROWTH pixels) into ``allowed`` pixels,
+    with holes inside it closed."""
+    kernel = np.ones((3, 3), np.uint8)
+    grown = region.astype(np.uint8)
+    allowed = allowed.astype(np.uint8)
+    for _ in range(OCCLUDER_EDGE_GROWTH):
+        grown = cv2.dilate(grown, kernel) & (allowed | grown)
+    closed = cv2.morphologyEx(grown, cv2.MORPH_CLOSE, kernel, iterations=2)
+    return (closed | grown).astype(bool)
+
+
+def _stands_out(region: np.ndarray, distance: np.ndarray, min_contrast: float) -> bool:
+    kernel = np.ones((3, 3), np.uint8)
+    ring = cv2.dilate(region.astype(np.uint8), kernel, iterations=2).astype(bool) & ~region
+    return bool(ring.any()) and float(np.median(distance[ring])) >= min_contrast
+
+
+def _over_a_face(region: np.ndarray, faces) -> bool:
+    """The module's face rules (see :func:`detect_occluder`)."""
+    height, width = region.shape
+    at_border = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
+    if not faces:
+        return not at_border or _solidity(region) >= OCCLUDER_MIN_SOLIDITY
+    for face in faces:
+        x, y, w, h = face.box
+        if at_border:  # the centre half of the face box
+            box = region[max(0, int(y + h / 4)):int(y + 3 * h / 4), max(0, int(x + w / 4)):int(x + 3 * w / 4)]
+            if box.size and box.mean() >= 0.1:
+                return True
+        else:
+            box = region[max(0, int(y - h / 4)):int(y + 5 * h / 4), max(0, int(x - w / 4)):int(x + 5 * w / 4)]
+            if box.any():
+                return True
+    return False
+
+
+def _solidity(region: np.ndarray) -> float:
+    points = cv2.findNonZero(region.astype(np.uint8))
+    hull = cv2.contourArea(cv2.convexHull(points))
+    return float(region.sum()) / max(hull, 1.0)
 
 
 def load_mask(spec: MaskSpec, rgb: np.ndarray, *, index: int = 0, seed: int = 0,

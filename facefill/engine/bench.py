@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from facefill.config import BenchConfig
+from facefill.inference.options import FillOptions
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -155,18 +156,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_method(inpainter, images: torch.Tensor, masks: torch.Tensor, warmup: int, repeat: int) -> dict:
+def time_method(inpainter, images: torch.Tensor, masks: torch.Tensor, warmup: int, repeat: int,
+                options: FillOptions | None = None) -> dict:
     """Warm up, then time ``repeat`` calls of ``inpainter.inpaint``; returns the row's measurements."""
     device = images.device
     with torch.no_grad():
         for _ in range(warmup):
-            inpainter.inpaint(images, masks)
+            inpainter.inpaint(images, masks, options)
         _synchronize(device)
         latencies = []
         with PeakMemory(device) as peak:
             for _ in range(repeat):
                 start = time.perf_counter()
-                output = inpainter.inpaint(images, masks)
+                output = inpainter.inpaint(images, masks, options)
                 _synchronize(device)
                 latencies.append(time.perf_counter() - start)
                 del output
@@ -400,16 +402,16 @@ def _print_trade_off(console, result: dict) -> None:
 def _check_setting(entry, setting: str) -> None:
     """Apply ``setting`` to the entry's method once, so a method that ignores it (or a step count
     its schedule cannot take) fails before anything is timed."""
-    from facefill.methods.base import apply_sampling
+    from facefill.inference.options import sweep_options
 
     try:
-        apply_sampling(entry.inpainter, setting)
+        options = sweep_options(entry.inpainter, setting)
     except ValueError as error:
         raise ValueError(f"--sweep {setting}: {error}") from None
     scheduler = getattr(entry.inpainter, "sampling_scheduler", None)
     try:
         if callable(scheduler):
-            scheduler()
+            scheduler(options)
     except ValueError as error:
         raise ValueError(f"--sweep {setting}: {entry.name}: {error}") from None
 
@@ -424,7 +426,7 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
 
     from facefill.config import EvalConfig
     from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
-    from facefill.methods.base import apply_sampling
+    from facefill.inference.options import sweep_options
 
     settings = parse_sweep(config.sweep)
     items, shape, size = load_test_split(config.data, config.masks, config.limit)
@@ -439,17 +441,18 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
     with Progress(*columns, console=console) as progress:
         for entry in entries:
             for setting in settings:
-                applied = apply_sampling(entry.inpainter, setting)
+                options = sweep_options(entry.inpainter, setting, FillOptions(seed=config.seed, amp=config.amp))
+                applied = {"sampler": options.sampler, "steps": options.steps}
                 label = escape(f"{entry.name} ({setting})")  # the progress bar's description is markup
                 run = dataclasses.replace(entry, name=label)
                 torch.manual_seed(config.seed)
                 for _ in range(config.warmup):
                     score_method(dataclasses.replace(run, name=f"{label} warm-up"), items[:config.batch_size],
-                                 device, config.batch_size, progress=progress, shape=shape)
+                                 device, config.batch_size, progress=progress, shape=shape, options=options)
                 torch.manual_seed(config.seed)
                 with PeakMemory(device) as peak:
                     scored, seconds_per_image, _ = score_method(run, items, device, config.batch_size,
-                                                                progress=progress, shape=shape)
+                                                                progress=progress, shape=shape, options=options)
                 seconds = seconds_per_image * len(items)
                 means = mean_metrics(scored)
                 eta = getattr(entry.inpainter, "eta", None) if applied["sampler"] == "ddim" else None
@@ -500,7 +503,8 @@ def measure_methods(config: BenchConfig, device: torch.device,
             masks = center_masks(batch_size, size).to(device)
             torch.manual_seed(config.seed)
             with console.status(f"{name}: batch {batch_size} at {size} px"):
-                measured = time_method(inpainter, images, masks, config.warmup, config.repeat)
+                measured = time_method(inpainter, images, masks, config.warmup, config.repeat,
+                                       FillOptions(seed=config.seed, amp=config.amp))
             rows.append({"method": name, "weights": entry.weights, "size": size,
                          "native_size": getattr(inpainter, "size", None),
                          "batch_size": batch_size, "device": str(device), "amp": config.amp, **measured})

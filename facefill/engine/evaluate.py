@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from facefill.config import EvalConfig
-from facefill.methods.base import set_amp, set_sampler, set_steps
+from facefill.inference.fitting import PasteSettings, fill_batch
+from facefill.inference.options import FillOptions, warn_unused
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "l1", "l2")
 CSV_COLUMNS = ("method", "stem", "area", *METRICS)
 AREA_BIN_COUNT = 10
 AREA_BINS = tuple(f"{10 * i}-{10 * (i + 1)}%" for i in range(AREA_BIN_COUNT))
+EVAL_SETTINGS = PasteSettings(aligned=True)  # as `facefill inpaint --aligned`
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # (key, column title, decimals) of the summary tables
 SUMMARY_COLUMNS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("psnr_hole", "PSNR (hole)", 2),
@@ -129,37 +130,18 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def fill_tensor_batch(inpainter, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Fill a batch (images Bx3xHxW in [0, 1], masks Bx1xHxW, 1 = hole) with ``inpainter`` and
-    return the composite: known pixels exactly as given, the fill in the hole.
-
-    The method never sees the ground truth: hole pixels are zeroed before it runs. When its
-    native size differs from HxW, image and mask go to the native size and the fill comes back
-    with bicubic interpolation. Enlarging: bilinear for the image, nearest for the mask.
-    Shrinking: area averaging for the image, and a low-resolution pixel is a hole if any pixel it
-    covers is one, so a thin hole never vanishes and the zeroed hole never darkens a known pixel
-    (both use the same footprint).
-    """
-    hole = masks > 0.5
-    known = images.masked_fill(hole, 0.0)
-    hole_float = hole.to(images.dtype)
-    native = getattr(inpainter, "size", None)
-    height, width = images.shape[-2:]
-    if native is None or (height, width) == (native, native):
-        fill = inpainter.inpaint(known, hole_float)
-    else:
-        target = (int(native), int(native))
-        if native >= max(height, width):
-            small_image = F.interpolate(known, size=target, mode="bilinear", align_corners=False)
-            small_mask = F.interpolate(hole_float, size=target, mode="nearest")
-        else:
-            small_image = F.interpolate(known, size=target, mode="area")
-            small_mask = (F.interpolate(hole_float, size=target, mode="area") > 0).to(images.dtype)
-        small_fill = inpainter.inpaint(small_image.masked_fill(small_mask > 0.5, 0.0), small_mask)
-        fill = F.interpolate(small_fill, size=(height, width), mode="bicubic", align_corners=False)
-    fill = fill.to(images.dtype).clamp(0, 1)
-    return torch.where(hole.expand_as(images), fill, images)
+def fill_tensor_batch(inpainter, images: torch.Tensor, masks: torch.Tensor,
+                      options: FillOptions | None = None) -> torch.Tensor:
+    """Fill a batch (images Bx3xHxW in [0, 1], masks Bx1xHxW, 1 = hole) through inpaint's own
+    pipeline (``fill_batch`` with ``aligned``: test splits are face crops in the training
+    framing), so the scores are those of the images ``facefill inpaint --aligned`` writes.
+    Returns the 8-bit composite as floats: known pixels exactly as given (8-bit), the fill in
+    the hole."""
+    device = images.device
+    arrays = images.detach().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    holes = (masks[:, 0] > 0.5).cpu().numpy()
+    filled = fill_batch(inpainter, list(arrays), list(holes), device, len(arrays), options, EVAL_SETTINGS)
+    return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).to(device).float().div(255.0)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -301,8 +283,6 @@ def resolve_methods(config: EvalConfig, device, image_size: int | None) -> list[
                                    dict(getattr(inpainter, "weights_meta", {}) or {})))
     if not entries:
         raise ValueError("no methods to evaluate: give --methods and/or --weights")
-    for entry in entries:
-        set_amp(entry.inpainter, config.amp)
     return entries
 
 
@@ -314,7 +294,8 @@ def _chunks(items, size):
 
 
 def score_method(entry: MethodEntry, items: list[EvalItem], device, batch_size: int,
-                 keep: set[str] = frozenset(), progress=None, shape=None) -> tuple[list[dict], float, dict]:
+                 keep: set[str] = frozenset(), progress=None, shape=None,
+                 options: FillOptions | None = None) -> tuple[list[dict], float, dict]:
     """Fill and score every item; returns (per-image rows, seconds per image of filling alone,
     {stem: uint8 output} for the stems in ``keep``)."""
     rows, kept, seconds = [], {}, 0.0
@@ -326,7 +307,7 @@ def score_method(entry: MethodEntry, items: list[EvalItem], device, batch_size: 
         masks = torch.from_numpy(np.stack([p[1] for p in pairs])).to(device).float()[:, None]
         _synchronize(device)
         start = time.perf_counter()
-        output = fill_tensor_batch(entry.inpainter, images, masks)
+        output = fill_tensor_batch(entry.inpainter, images, masks, options)
         _synchronize(device)
         seconds += time.perf_counter() - start
         output = output.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -439,10 +420,10 @@ def run_eval(config: EvalConfig) -> dict:
     device = resolve_device(config.device)
     data = Path(config.data)
     items, shape, size = load_test_split(data, config.masks, config.limit)
+    options = FillOptions(steps=config.steps, sampler=config.sampler, seed=config.seed, amp=config.amp)
     entries = resolve_methods(config, device, size)
     for entry in entries:
-        set_steps(entry.inpainter, config.steps)
-        set_sampler(entry.inpainter, config.sampler)
+        warn_unused(entry.inpainter, options)
 
     grid_items = items[:max(config.sample_grid, 0)]
     keep = {item.stem for item in grid_items}
@@ -454,7 +435,8 @@ def run_eval(config: EvalConfig) -> dict:
     with Progress(*columns, console=console) as progress:
         for entry in entries:
             torch.manual_seed(config.seed)  # stochastic samplers score the same way every run
-            rows, seconds, kept = score_method(entry, items, device, config.batch_size, keep, progress, shape)
+            rows, seconds, kept = score_method(entry, items, device, config.batch_size, keep, progress, shape,
+                                               options)
             for stem, filled in kept.items():
                 fills.setdefault(stem, {})[entry.name] = filled
             per_image.extend(rows)

@@ -1,28 +1,8 @@
-"""Batch inpainting: read -> fit to the model -> predict -> paste back -> write (DESIGN.md).
+"""Batch inpainting: read -> the inference pipeline -> write (DESIGN.md).
 
 ``run_inpaint(config)`` fills every image of a folder and returns the summary it also writes as
-JSON. The reusable pieces (used by ``eval`` and ``bench`` too):
-
-- :func:`fit_to_size` puts an image and its hole into the method's native square (or leaves it
-  alone for methods that work at any size);
-- :func:`paste_back` resizes the fill to the crop and composites it into the original at full
-  resolution, so that only hole pixels change (bit-exact elsewhere);
-- :func:`fill_image` / :func:`fill_batch` do both around ``inpainter.inpaint`` for one image or
-  many (batched by fitted shape).
-
-Fitting to a native size ``S`` (``inpainter.size``):
-
-- a square image is resized whole to SxS;
-- a non-square image is cropped to the square of its short side centred on the hole's bounding
-  box (shifted to stay inside the image), which keeps the face around the hole as context; when
-  the hole's box does not fit in that square the whole image is resized to SxS, distorting the
-  aspect ratio;
-- shrinking uses area interpolation, enlarging bilinear. The hole is grown before it is resized
-  (by half the scale factor plus a pixel) and resized with exact nearest neighbour, so a thin
-  hole never vanishes and no fitted pixel outside the hole mixes in occluder pixels; hole pixels
-  are zeroed before the method sees them, as in ``eval``;
-- the fill comes back to the crop size with bicubic interpolation and replaces only the
-  original hole pixels.
+JSON. Fitting to the model, faces and pasting back are :mod:`facefill.inference.fitting`'s
+(``fill_batch``, shared with ``eval``, ``bench`` and the Python API).
 """
 from __future__ import annotations
 
@@ -42,149 +22,20 @@ import torch
 
 from facefill import fileio
 from facefill.config import InpaintConfig
+from facefill.inference.fitting import PasteSettings, crop_box, fill_batch
+from facefill.inference.options import FillOptions
 
 log = logging.getLogger(__name__)
 
 EMPTY_MASK_NOTE = "mask has no hole: copied through unchanged"
 
 
-# ------------------------------------------------------------------------------------- fitting
-
-@dataclass
-class Fitted:
-    """An image and hole as the method sees them, and where they came from in the original."""
-
-    image: np.ndarray                 # SxSx3 uint8 (or the full image when the method takes any size)
-    mask: np.ndarray                  # SxS bool, True = hole (grown to cover the original hole)
-    box: tuple[int, int, int, int]    # top, bottom, left, right of the crop in the original
-
-    @property
-    def resized(self) -> bool:
-        top, bottom, left, right = self.box
-        return self.image.shape[:2] != (bottom - top, right - left)
-
-
-def _check_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    image = np.asarray(image)
-    mask = np.asarray(mask).astype(bool, copy=False)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 image, got {image.dtype} {image.shape}")
-    if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape[:2]}")
-    return image, mask
-
-
-def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """The square (top, bottom, left, right) to fit: the short side's square centred on the
-    hole's bounding box, or the whole image when square or when the hole does not fit."""
-    height, width = mask.shape
-    if height == width or not mask.any():
-        return 0, height, 0, width
-    side = min(height, width)
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    if y1 - y0 > side or x1 - x0 > side:
-        return 0, height, 0, width
-    top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
-    left = int(np.clip(round((x0 + x1 - side) / 2), 0, width - side))
-    return top, top + side, left, left + side
-
-
-def fit_to_size(image: np.ndarray, mask: np.ndarray, size: int | None) -> Fitted:
-    """Crop and resize ``image`` (HxWx3 uint8) and ``mask`` (HxW bool) to ``size`` x ``size``;
-    ``size=None`` leaves them at full resolution."""
-    image, mask = _check_pair(image, mask)
-    height, width = mask.shape
-    if size is None:
-        return Fitted(image, mask, (0, height, 0, width))
-    size = int(size)
-    top, bottom, left, right = crop_box(mask)
-    crop, hole = image[top:bottom, left:right], mask[top:bottom, left:right]
-    crop_h, crop_w = hole.shape
-    if (crop_h, crop_w) == (size, size):
-        return Fitted(np.ascontiguousarray(crop), hole.copy(), (top, bottom, left, right))
-    shrink = crop_h >= size and crop_w >= size
-    fitted = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    # Grow the hole by the source footprint of one fitted pixel (+1 for interpolation), then
-    # pick exact nearest neighbours: every fitted pixel that touches a hole pixel is a hole.
-    ry = math.ceil(crop_h / size / 2) + 1
-    rx = math.ceil(crop_w / size / 2) + 1
-    grown = cv2.dilate(hole.astype(np.uint8), np.ones((2 * ry + 1, 2 * rx + 1), np.uint8))
-    small = cv2.resize(grown, (size, size), interpolation=cv2.INTER_NEAREST_EXACT) > 0
-    return Fitted(fitted, small, (top, bottom, left, right))
-
-
-def paste_back(image: np.ndarray, mask: np.ndarray, fitted: Fitted, fill: np.ndarray) -> np.ndarray:
-    """Composite ``fill`` (the method's output for ``fitted``: HxWx3 float in [0, 1] or uint8)
-    into a copy of ``image``: only pixels where ``mask`` is True change."""
-    image, mask = _check_pair(image, mask)
-    fill = np.asarray(fill)
-    if fill.dtype != np.uint8:
-        fill = fill.astype(np.float32)
-    else:
-        fill = fill.astype(np.float32) / 255.0
-    top, bottom, left, right = fitted.box
-    crop_h, crop_w = bottom - top, right - left
-    if fill.shape[:2] != (crop_h, crop_w):
-        fill = cv2.resize(fill, (crop_w, crop_h), interpolation=cv2.INTER_CUBIC)
-    fill = (fill * 255.0).round().clip(0, 255).astype(np.uint8)
-    out = image.copy()
-    region = out[top:bottom, left:right]
-    hole = mask[top:bottom, left:right]
-    region[hole] = fill[hole]
-    return out
-
-
 # ------------------------------------------------------------------------------------- filling
 
-def _as_device(device) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device or "cpu")
-
-
-def _predict(inpainter, fitted: list[Fitted], device: torch.device) -> list[np.ndarray]:
-    images = torch.from_numpy(np.stack([f.image for f in fitted])).permute(0, 3, 1, 2).float().div(255.0)
-    masks = torch.from_numpy(np.stack([f.mask for f in fitted])[:, None]).float()
-    images = images * (1 - masks)  # the method never sees what the hole holds (as in eval)
-    with torch.no_grad():
-        out = inpainter.inpaint(images.to(device), masks.to(device))
-    out = out.detach().float().clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
-    return list(out)
-
-
-def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], device="cpu",
-               batch_size: int = 8) -> list[np.ndarray]:
-    """Fill many images (HxWx3 uint8, any sizes) with their holes (HxW bool, True = hole).
-
-    Images are fitted to ``inpainter.size`` (:func:`fit_to_size`), grouped by fitted shape into
-    batches of ``batch_size`` for ``inpainter.inpaint`` on ``device``, and pasted back at full
-    resolution (:func:`paste_back`). Returns HxWx3 uint8 arrays in input order; only hole pixels
-    differ from the inputs. An image without a hole comes back as an unchanged copy."""
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    device = _as_device(device)
-    size = getattr(inpainter, "size", None)
-    results: list[np.ndarray | None] = [None] * len(images)
-    groups: dict[tuple, list[tuple[int, Fitted]]] = defaultdict(list)
-    for index, (image, mask) in enumerate(zip(images, masks)):
-        image, mask = _check_pair(image, mask)
-        if not mask.any():
-            results[index] = image.copy()
-            continue
-        fitted = fit_to_size(image, mask, size)
-        groups[fitted.image.shape].append((index, fitted))
-    step = max(1, int(batch_size))
-    for members in groups.values():
-        for start in range(0, len(members), step):
-            chunk = members[start:start + step]
-            fills = _predict(inpainter, [f for _, f in chunk], device)
-            for (index, fitted), fill in zip(chunk, fills):
-                results[index] = paste_back(images[index], masks[index], fitted, fill)
-    return results
-
-
-def fill_image(inpainter, image_uint8: np.ndarray, mask_bool: np.ndarray, device="cpu") -> np.ndarray:
-    """Fill one HxWx3 uint8 image's hole (HxW bool); only hole pixels change."""
-    return fill_batch(inpainter, [image_uint8], [mask_bool], device, batch_size=1)[0]
+def fill_image(inpainter, image_uint8: np.ndarray, mask_bool: np.ndarray, device="cpu",
+               options: FillOptions | None = None, settings: PasteSettings = PasteSettings()) -> np.ndarray:
+    """Fill one HxWx3 uint8 image's hole (HxW bool) through the one pipeline (:func:`fill_batch`)."""
+    return fill_batch(inpainter, [image_uint8], [mask_bool], device, 1, options, settings)[0]
 
 
 def comparison_image(image: np.ndarray, mask: np.ndarray, filled: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -339,12 +190,14 @@ def run_inpaint(config: InpaintConfig) -> dict:
     recorded in ``summary["failed"]`` and the batch goes on; existing outputs are skipped
     unless ``config.overwrite``. The summary is also written to ``config.summary`` (default
     ``OUT/summary.json``) atomically."""
-    from facefill.checkpoint import resolve_inpainter
-    from facefill.methods.base import set_amp, set_sampler, set_steps
     from facefill.data import folders
     from facefill.devices import resolve_device
+    from facefill.inference.loading import load_inpainter
+    from facefill.inference.options import warn_unused
 
     start = time.perf_counter()
+    options = FillOptions(steps=config.steps, sampler=config.sampler, seed=config.seed, amp=config.amp)
+    settings = PasteSettings(config.aligned, config.dilate, config.feather)
     items, collisions = _plan(config)
     run = _Run(config, items)
     output_dir = Path(config.output_dir)
@@ -361,10 +214,8 @@ def run_inpaint(config: InpaintConfig) -> dict:
 
     first = next((s for s in (folders.image_size(i.path) for i in items) if s), None)
     image_size = min(first) if first else None
-    inpainter = resolve_inpainter(config.method, config.weights, device, image_size)
-    set_steps(inpainter, config.steps)
-    set_sampler(inpainter, config.sampler)
-    set_amp(inpainter, config.amp)
+    inpainter = load_inpainter(config.method, config.weights, device, image_size).inpainter
+    warn_unused(inpainter, options)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
@@ -398,7 +249,7 @@ def run_inpaint(config: InpaintConfig) -> dict:
                     empty.append(result)
                 else:
                     ready.append(result)
-            filled = _fill_chunk(inpainter, ready, device, batch, run)
+            filled = _fill_chunk(inpainter, ready, device, batch, run, options, settings)
             for loaded in empty:
                 writes.append((loaded.item, pool.submit(_write, loaded, None, config)))
             for loaded, image in zip(ready, filled):
@@ -422,12 +273,14 @@ def run_inpaint(config: InpaintConfig) -> dict:
     return summary
 
 
-def _fill_chunk(inpainter, ready: list[_Loaded], device, batch: int, run: _Run) -> list:
+def _fill_chunk(inpainter, ready: list[_Loaded], device, batch: int, run: _Run, options: FillOptions,
+                settings: PasteSettings) -> list:
     """Fill a chunk; if the batch fails, retry image by image so one bad input fails alone."""
     if not ready:
         return []
     try:
-        return fill_batch(inpainter, [r.decoded.rgb for r in ready], [r.hole for r in ready], device, batch)
+        return fill_batch(inpainter, [r.decoded.rgb for r in ready], [r.hole for r in ready], device, batch,
+                          options, settings)
     except Exception as error:
         if len(ready) == 1:
             run.fail(ready[0].item, f"inpainting failed ({error.__class__.__name__}: {error})")
@@ -436,7 +289,7 @@ def _fill_chunk(inpainter, ready: list[_Loaded], device, batch: int, run: _Run) 
         log.debug("batch failed (%s); retrying one image at a time", error)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return [_fill_chunk(inpainter, [r], device, 1, run)[0] for r in ready]
+        return [_fill_chunk(inpainter, [r], device, 1, run, options, settings)[0] for r in ready]
 
 
 def _summary(run: _Run, config: InpaintConfig, inpainter, device, image_size, seconds: float) -> dict:
@@ -481,5 +334,5 @@ def _report(summary: dict, items: list[_Item], run: _Run) -> None:
         print(f"failed: {paths.get(failure['file'], failure['file'])}: {failure['reason']}", file=sys.stderr)
 
 
-__all__ = ["Fitted", "crop_box", "fit_to_size", "paste_back", "fill_batch", "fill_image",
+__all__ = ["crop_box", "fill_batch", "fill_image",
            "comparison_image", "run_inpaint", "EMPTY_MASK_NOTE"]

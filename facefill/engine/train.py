@@ -26,7 +26,7 @@ from facefill.config import TrainConfig, config_dict
 from facefill.data.dataset import FaceDataset, list_split
 from facefill.devices import resolve_device
 from facefill.fileio import write_image_atomic, write_json_atomic
-from facefill.methods.base import set_amp
+from facefill.inference.options import FillOptions
 from facefill.registry import create_method
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,6 @@ class Trainer:
         if config.lr is not None:
             settings["lr"] = config.lr
         self.method = create_method(config.method, **settings).to(self.device)
-        set_amp(self.method, config.amp)  # validation fills under the same autocast as training
         broadcast_parameters(self.method)
         self.optimizers = self.method.configure_optimizers()
         self.ema = EMA(self.method.inference_modules(), config.ema) if config.ema else None
@@ -313,7 +312,7 @@ class Trainer:
             items = [self.val_set[i] for i in range(start, min(start + 32, len(self.val_set)))]
             image = torch.stack([item["image"] for item in items]).to(self.device)
             mask = torch.stack([item["mask"] for item in items]).to(self.device)
-            output = self.method.inpaint(image, mask)
+            output = self.method.inpaint(image, mask, FillOptions(amp=self.config.amp))  # training's autocast
             mse = (output - image).pow(2).flatten(1).mean(1).clamp_min(1e-10)
             psnrs += (10 * torch.log10(1 / mse)).tolist()
             l1s += ((output - image).abs() * mask).flatten(1).sum(1).div(mask.flatten(1).sum(1).clamp_min(1) * 3).tolist()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from facefill.inference.options import FillOptions
+
 
 class Inpainter:
     """Classical and learned alike: images Bx3xHxW in [0, 1], masks Bx1xHxW with 1 = hole."""
@@ -11,16 +13,21 @@ class Inpainter:
     name: str = ""
     trainable = False
     size: int | None = None  # native resolution; None = any size
-    amp = False              # bf16 autocast for the networks (`--amp`); the fill is returned in float32
+    #: the FillOptions fields ``predict`` reads (steps, sampler, eta, seed); a method that lists
+    #: any gets ``predict(image, mask, options)``, the others ``predict(image, mask)``
+    option_names: tuple[str, ...] = ()
 
     def predict(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The raw fill, same shape as ``image``."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def inpaint(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            fill = self.predict(image, mask)
+    def inpaint(self, image: torch.Tensor, mask: torch.Tensor, options: FillOptions | None = None) -> torch.Tensor:
+        """The composite: ``image`` outside the hole, the fill (float32, in [0, 1]) inside; the
+        networks run under bf16 autocast when ``options.amp``."""
+        options = options or FillOptions()
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=options.amp):
+            fill = self.predict(image, mask, options) if self.option_names else self.predict(image, mask)
         fill = fill.to(image.dtype).clamp(0, 1)
         return mask * fill + (1 - mask) * image
 
@@ -87,70 +94,6 @@ class TrainableInpainter(Inpainter, nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-
-def set_steps(inpainter: Inpainter, steps: int | None) -> None:
-    """``--steps``: sampler steps (diffusion) or optimisation iterations (latent search)."""
-    if steps is None:
-        return
-    if not hasattr(inpainter, "steps"):
-        import logging
-
-        logging.getLogger(__name__).warning("method %s takes no --steps; ignored", inpainter.name)
-        return
-    inpainter.steps = steps
-
-
-def set_amp(inpainter: Inpainter, amp: bool) -> None:
-    """``--amp``: bf16 autocast while filling (learned methods; classical ones are unaffected)."""
-    inpainter.amp = bool(amp)
-
-
-SAMPLERS = ("ddim", "ddpm")
-
-
-def set_sampler(inpainter: Inpainter, sampler: str | None) -> None:
-    """``--sampler``: ``ddim`` (over ``--steps`` timesteps) or ``ddpm`` (ancestral; over all T
-    timesteps unless ``--steps`` strides them) for diffusion methods; others warn and ignore it."""
-    if sampler is None:
-        return
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if not hasattr(inpainter, "sampler"):
-        import logging
-
-        logging.getLogger(__name__).warning("method %s has no sampler; --sampler ignored", inpainter.name)
-        return
-    inpainter.sampler = sampler
-
-
-def apply_sampling(inpainter: Inpainter, setting: int | str) -> dict:
-    """One point of a speed/quality sweep, applied strictly: an integer is ``set_steps`` (DDIM
-    sampling steps for diffusion methods, latent-search iterations for wgan); ``"ddpm"`` is the
-    ancestral DDPM sampler over all T timesteps. Raises ValueError for a method the setting would
-    not change. Returns the applied ``{"sampler": ..., "steps": ...}`` (sampler None: no sampler)."""
-    name = inpainter.name or type(inpainter).__name__
-    has_sampler = hasattr(inpainter, "sampler")
-    if isinstance(setting, str) and setting.strip().lower() == "ddpm":
-        if not has_sampler:
-            raise ValueError(f"method {name!r} has no sampler to switch to ancestral DDPM "
-                             f"(only diffusion methods, e.g. ddpm-ffc, take 'ddpm')")
-        set_sampler(inpainter, "ddpm")
-        inpainter.steps = None  # every one of the T training timesteps
-        return {"sampler": "ddpm", "steps": None}
-    try:
-        steps = int(setting)
-    except (TypeError, ValueError):
-        raise ValueError(f"a sampling setting is a positive integer or 'ddpm', got {setting!r}") from None
-    if steps < 1:
-        raise ValueError(f"sampling steps / iterations must be at least 1, got {steps}")
-    if not hasattr(inpainter, "steps"):
-        raise ValueError(f"method {name!r} takes no sampling steps or iterations (only diffusion and "
-                         f"latent-search methods, e.g. ddpm-ffc, wgan, do)")
-    if has_sampler:
-        set_sampler(inpainter, "ddim")
-    set_steps(inpainter, steps)
-    return {"sampler": getattr(inpainter, "sampler", None), "steps": steps}
 
 
 def average_gradients(parameters) -> None:

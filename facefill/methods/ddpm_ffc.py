@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from facefill.diffusion import DDIMScheduler, DDPMScheduler
-from facefill.methods.base import SAMPLERS, TrainableInpainter
+from facefill.inference.options import SAMPLERS, FillOptions
+from facefill.methods.base import TrainableInpainter
 from facefill.nn.diffusion_unet import TIME_EMBEDDINGS, DiffusionUNet
 from facefill.nn.ffc import NORMS
 from facefill.nn.losses import masked_mse
@@ -119,6 +120,8 @@ def augment(image: torch.Tensor, crop_scale: float, jitter: float) -> torch.Tens
 
 @register_method("ddpm-ffc", config=DDPMFFCConfig)
 class DDPMFFC(TrainableInpainter):
+    option_names = ("steps", "sampler", "eta", "seed")
+
     def __init__(self, config: DDPMFFCConfig):
         super().__init__(config)
         self.unet = DiffusionUNet(
@@ -128,11 +131,9 @@ class DDPMFFC(TrainableInpainter):
             ffc_blocks=config.ffc_blocks if config.ffc else 0, ffc_global_ratio=config.ffc_global_ratio,
             ffc_norm=config.ffc_norm, time_embedding=config.time_embedding)
         self.noise = DDPMScheduler(config.timesteps, config.beta_start, config.beta_end, config.clip_sample)
-        # Inference knobs the engines may change on the instance (`facefill inpaint --steps`).
-        self.steps: int | None = None   # None: sample_steps for DDIM, all T for DDPM
+        # The weights' sampling defaults; a fill's FillOptions override them per call.
         self.sampler = config.sampler
         self.eta = config.eta
-        self.seed = 0
         self.lr_schedule: CosineDecay | None = None
 
     def inference_modules(self):
@@ -168,23 +169,27 @@ class DDPMFFC(TrainableInpainter):
         return {"loss": loss.item(), "lr": lr}
 
     # ------------------------------------------------------------ sampling
-    def sampling_scheduler(self):
+    def sampling_scheduler(self, options: FillOptions = FillOptions()):
+        """The scheduler ``options`` ask for (steps: None = sample_steps for DDIM, all T for DDPM;
+        sampler and eta: None = the weights' settings)."""
         config = self.config
-        if self.sampler == "ddpm":
+        sampler = options.sampler or self.sampler
+        eta = self.eta if options.eta is None else options.eta
+        if sampler == "ddpm":
             scheduler = DDPMScheduler(config.timesteps, config.beta_start, config.beta_end, config.clip_sample)
-        elif self.sampler == "ddim":
+        elif sampler == "ddim":
             scheduler = DDIMScheduler(config.timesteps, config.beta_start, config.beta_end, config.clip_sample,
-                                      eta=self.eta)
+                                      eta=eta)
         else:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        default = config.timesteps if self.sampler == "ddpm" else config.sample_steps
-        scheduler.set_timesteps(int(self.steps or default))
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        default = config.timesteps if sampler == "ddpm" else config.sample_steps
+        scheduler.set_timesteps(int(options.steps or default))
         return scheduler
 
     @torch.no_grad()
-    def predict(self, image, mask):
-        scheduler = self.sampling_scheduler()
-        generator = torch.Generator(device=image.device).manual_seed(int(self.seed))
+    def predict(self, image, mask, options: FillOptions = FillOptions()):
+        scheduler = self.sampling_scheduler(options)
+        generator = torch.Generator(device=image.device).manual_seed(int(options.seed))
         x0_known = image * 2 - 1
         known = x0_known * (1 - mask)
         x = torch.randn(image.shape, generator=generator, device=image.device, dtype=image.dtype)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facefill.blending import BLEND_MODES, blend_fill
+from facefill.inference.options import FillOptions
 from facefill.methods.base import TrainableInpainter
 from facefill.nn.blocks import conv_bn_act
 from facefill.registry import register_method
@@ -141,12 +142,12 @@ def context_weights(mask: torch.Tensor, mode: str = "uniform", window: int = 7) 
 
 @register_method("wgan", config=WGANConfig)
 class WGANInpainter(TrainableInpainter):
+    option_names = ("steps", "seed")  # steps: latent-search iterations (default: the config's)
+
     def __init__(self, config: WGANConfig):
         super().__init__(config)
         self.generator = DCGANGenerator(config.size, config.latent_dim, config.gen_channels)
         self.critic = WassersteinCritic(config.size, config.critic_channels, config.critic_norm)
-        self.seed = 0                          # latent starts are drawn from this: predict is reproducible
-        self.steps = config.iterations         # `facefill inpaint --steps` overrides the iterations
 
     def inference_modules(self):
         return {"generator": self.generator, "critic": self.critic}  # the critic scores realism at inference
@@ -209,16 +210,17 @@ class WGANInpainter(TrainableInpainter):
         return weighted / weights.flatten(1).sum(1).clamp_min(1e-8)
 
     def optimise_latents(self, image: torch.Tensor, mask: torch.Tensor, iterations: int | None = None,
-                         restarts: int | None = None):
+                         restarts: int | None = None, seed: int = 0):
         """Adam on z for every (image, restart) pair at once. Returns the best z per image (Bxd)
-        and the mean context loss per iteration (a list, the first entry before any step)."""
+        and the mean context loss per iteration (a list, the first entry before any step). The latent
+        starts are drawn from ``seed``: the search is reproducible."""
         config = self.config
-        iterations = self.steps if iterations is None else iterations
+        iterations = config.iterations if iterations is None else iterations
         restarts = config.restarts if restarts is None else restarts
         count = len(image)
         target = (image * 2 - 1).repeat_interleave(restarts, 0)
         weights = context_weights(mask, config.context_weighting).repeat_interleave(restarts, 0)
-        rng = torch.Generator().manual_seed(self.seed)
+        rng = torch.Generator().manual_seed(int(seed))
         z = self.sample_latents(count * restarts, image.device, rng).requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=config.z_lr)
         history = []
@@ -239,8 +241,8 @@ class WGANInpainter(TrainableInpainter):
         return chosen, history
 
     @torch.no_grad()
-    def predict(self, image, mask):
-        z, _ = self.optimise_latents(image, mask)
+    def predict(self, image, mask, options: FillOptions = FillOptions()):
+        z, _ = self.optimise_latents(image, mask, options.steps, seed=options.seed)
         with _frozen(self.generator, self.critic):
             fill = (self.generator(z) + 1) / 2
         return blend_fill(fill.clamp(0, 1), image, mask, self.config.blend)

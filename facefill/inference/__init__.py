@@ -1,0 +1,1 @@
+"""What every command that fills shares: loading, options, faces, fitting (DESIGN.md)."""
