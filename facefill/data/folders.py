@@ -53,8 +53,8 @@ OCCLUDER_DILATE = 2
 OCCLUDER_TOLERANCE = 12         # a painted colour after JPEG (quality 75: 90 % of pixels within 5)
 OCCLUDER_EDGE_TOLERANCE = 48    # ... and its blurred edge (quality 75: 99 % within 19, the rest up to 44+)
 OCCLUDER_EDGE_GROWTH = 4        # pixels the edge may add around the near-uniform core
-OCCLUDER_MIN_UNIFORM = 0.7      # share of a fill's pixels within 2 of its colour (JPEG q75: 90 % of fills
-                                # >= 0.76; natural near-uniform regions: 99 % < 0.72)
+OCCLUDER_MIN_UNIFORM = 0.7      # share of a fill's pixels within 2 of its colour, 4 pixels in from its edge
+                                # (JPEG q75: 90 % of fills >= 0.76; natural near-uniform regions: 99 % < 0.72)
 OCCLUDER_MIN_SOLIDITY = 0.85    # a border-touching region without a face must be a bar or box
 
 
@@ -353,7 +353,7 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
     Candidates: for the ``top_colours`` most frequent colours (quantised to 8 levels a channel),
     the 4-connected regions of pixels within ``OCCLUDER_TOLERANCE`` of the colour (the largest
     channel difference), of at least ``min_fraction`` of the image, with at least
-    ``OCCLUDER_MIN_UNIFORM`` of their pixels within 2 of it. A JPEG keeps a painted fill
+    ``OCCLUDER_MIN_UNIFORM`` of their pixels (4 pixels in from the edge) within 2 of it. A JPEG keeps a painted fill
     near-uniform (at quality 75, 90 % of a box's pixels lie within 5 of its colour, 99 % within
     19) but blurs its edge: each region that is not exactly one colour (95 % of its pixels) grows by up to ``OCCLUDER_EDGE_GROWTH`` pixels into
     pixels within ``OCCLUDER_EDGE_TOLERANCE`` of the colour. Natural photographs have flat regions
@@ -385,7 +385,7 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
         count, labels, stats, _ = cv2.connectedComponentsWithStats(near.astype(np.uint8), connectivity=4)
         for label in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1:
             core = labels == label
-            if np.mean(distance[core] <= 2) < OCCLUDER_MIN_UNIFORM:
+            if _uniformity(core, distance) < OCCLUDER_MIN_UNIFORM:
                 continue
             lossless = np.mean(distance[core] == 0) >= 0.95  # a sharp edge: the dilation covers it
             region = core if lossless else _grow_edge(core, distance <= OCCLUDER_EDGE_TOLERANCE)
@@ -396,6 +396,13 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
     if dilate > 0:
         found = cv2.dilate(found.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=dilate) > 0
     return found
+
+
+def _uniformity(core: np.ndarray, distance: np.ndarray) -> float:
+    """The share of pixels within 2 of the colour, away from the core's edge (JPEG blocks
+    straddling a painted edge ring for 4 pixels or so)."""
+    inner = cv2.erode(core.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    return float(np.mean(distance[inner if inner.any() else core] <= 2))
 
 
 def _grow_edge(region: np.ndarray, allowed: np.ndarray) -> np.ndarray:

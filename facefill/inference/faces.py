@@ -96,18 +96,41 @@ def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
     small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                                                 interpolation=cv2.INTER_AREA)
     gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
+    views = [(cv2.equalizeHist(gray), 5)]
     if hole is not None and hole.any():
         small_hole = cv2.resize(hole.astype(np.uint8), gray.shape[::-1], interpolation=cv2.INTER_NEAREST)
         small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
-        gray = cv2.inpaint(gray, small_hole * 255, 3, cv2.INPAINT_TELEA)
-    gray = cv2.equalizeHist(gray)
+        # fewer neighbours needed here: a false face counts only where a hole overlaps it
+        views.append((cv2.equalizeHist(cv2.inpaint(gray, small_hole * 255, 3, cv2.INPAINT_TELEA)), 3))
     least = max(20, round(MIN_FACE_FRACTION * min(gray.shape)))
-    found = faces_cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(least, least))
+    boxes = []
+    for view, neighbours in views:  # as given, and with the hole roughly filled: an occluder may hide the face
+        found = faces_cascade.detectMultiScale(view, scaleFactor=1.1, minNeighbors=neighbours, minSize=(least, least))
+        boxes += [tuple(int(v) for v in f) for f in found]
     faces = []
-    for x, y, w, h in sorted((tuple(int(v) for v in f) for f in found), key=lambda f: -f[2] * f[3]):
-        angle, eyes = _eye_angle(gray, (x, y, w, h))
+    for box in _distinct(boxes):
+        angle, eyes = _eye_angle(views[0][0], box)
+        x, y, w, h = box
         faces.append(Face((x / scale, y / scale, w / scale, h / scale), angle, eyes))
     return faces
+
+
+def _distinct(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Largest first; a box that mostly lies inside one already kept (the same face found twice,
+    or a false face on an eye or mouth) is dropped."""
+    kept = []
+    for box in sorted(boxes, key=lambda b: -b[2] * b[3]):
+        if all(_inside_fraction(box, other) < 0.5 for other in kept):
+            kept.append(box)
+    return kept
+
+
+def _inside_fraction(box, other) -> float:
+    x, y, w, h = box
+    ox, oy, ow, oh = other
+    overlap_w = max(0, min(x + w, ox + ow) - max(x, ox))
+    overlap_h = max(0, min(y + h, oy + oh) - max(y, oy))
+    return overlap_w * overlap_h / float(w * h)
 
 
 def _eye_angle(gray: np.ndarray, box) -> tuple[float, bool]:
