@@ -107,7 +107,11 @@ def test_a_hole_that_covers_no_face_is_filled_by_the_square_around_it():
     hole = np.zeros((300, 300), bool)
     hole[20:40, 30:60] = True
     fits = plan_fits(0, image, hole, 64, FRAMINGS["celeba-hq"], aligned=False)
-    assert len(fits) == 1 and np.allclose(fits[0].matrix, [[64 / 300, 0, 0], [0, 64 / 300, 0]])
+    assert len(fits) == 1 and np.allclose(fits[0].matrix, [[1, 0, -13], [0, 1, 0]])  # 64 px around it
+    hole[:] = False
+    hole[100:200, 50:150] = True                 # a larger hole: twice its extent, 200 px, shrunk to 64
+    fits = plan_fits(0, image, hole, 64, FRAMINGS["celeba-hq"], aligned=False)
+    assert np.allclose(fits[0].matrix[:, :2], np.eye(2) * 64 / 200)
 
 
 def test_aligned_skips_detection(monkeypatch):

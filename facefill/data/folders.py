@@ -389,7 +389,7 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
                 continue
             lossless = np.mean(distance[core] == 0) >= 0.95  # a sharp edge: the dilation covers it
             region = core if lossless else _grow_edge(core, distance <= OCCLUDER_EDGE_TOLERANCE)
-            if _stands_out(region, distance, min_contrast) and _over_a_face(region, faces):
+            if _stands_out(region, distance, min_contrast) and _over_a_face(region, faces, lossless):
                 found |= region
     if not found.any():
         return None
@@ -423,12 +423,11 @@ def _stands_out(region: np.ndarray, distance: np.ndarray, min_contrast: float) -
     return bool(ring.any()) and float(np.median(distance[ring])) >= min_contrast
 
 
-def _over_a_face(region: np.ndarray, faces) -> bool:
+def _over_a_face(region: np.ndarray, faces, lossless: bool) -> bool:
     """The module's face rules (see :func:`detect_occluder`)."""
-    height, width = region.shape
     at_border = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
     if not faces:
-        return not at_border or _solidity(region) >= OCCLUDER_MIN_SOLIDITY
+        return not at_border or (lossless and _solidity(region) >= OCCLUDER_MIN_SOLIDITY)
     for face in faces:
         x, y, w, h = face.box
         if at_border:  # the centre half of the face box

@@ -9,7 +9,7 @@ Per image:
    around the hole). Otherwise faces are detected (:mod:`facefill.inference.faces`); each
    connected part of the hole goes to the face whose box it overlaps most, and each such face is
    cropped in the framing the model was trained on, turned level by its eyes. Parts that cover no
-   face are fitted by the square around them, as for ``aligned``;
+   face are fitted by the square of twice their extent around them (``context_box``);
 3. each fit warps image and hole to the model's square with a similarity transform (area
    averaging first when shrinking; the hole grown by one source footprint, so a fitted pixel that
    touches a hole pixel is a hole and no known pixel mixes in occluder pixels); hole pixels are
@@ -34,6 +34,7 @@ from facefill.inference.faces import Framing, crop_side, detect_faces, face_tran
 from facefill.inference.options import FillOptions
 
 FACE_BOX_GROWTH = 1.5   # a hole part belongs to a face when it overlaps its Haar box grown by this
+HOLE_CONTEXT = 2.0      # a hole on no face is fitted in a square of twice its extent
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,22 @@ def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     if y1 - y0 > side or x1 - x0 > side:
         return 0, height, 0, width
+    top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
+    left = int(np.clip(round((x0 + x1 - side) / 2), 0, width - side))
+    return top, top + side, left, left + side
+
+
+def context_box(mask: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """For a hole on no detected face: the square centred on the hole with ``HOLE_CONTEXT`` times
+    its extent (the training holes' share of a crop: a centre hole is half the side), at least
+    the model's ``size``, shifted inside the image; the short side's square when larger."""
+    height, width = mask.shape
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    side = max(HOLE_CONTEXT * max(y1 - y0, x1 - x0), size)
+    if side >= min(height, width):
+        return crop_box(mask)
+    side = int(math.ceil(side))
     top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
     left = int(np.clip(round((x0 + x1 - side) / 2), 0, width - side))
     return top, top + side, left, left + side
@@ -176,7 +193,8 @@ def plan_fits(index: int, image: np.ndarray, hole: np.ndarray, size: int | None,
             parts.append((matrix, covered))
             hole = hole & ~covered
     if hole.any():
-        parts.append((box_transform(crop_box(hole), size), hole))
+        box = crop_box(hole) if aligned else context_box(hole, size)
+        parts.append((box_transform(box, size), hole))
     return [Fit(index, matrix, part, warp_in(image, matrix, size), hole_in(part, matrix, size))
             for matrix, part in parts]
 
