@@ -17,7 +17,7 @@ from facefill.config import InpaintConfig
 from facefill.data import folders
 from facefill.engine.evaluate import fill_tensor_batch
 from facefill.engine.inpaint import run_inpaint
-from facefill.inference.faces import FRAMINGS, detect_faces, framing_for
+from facefill.inference.faces import FRAMINGS, detect_faces, face_transform, framing_for
 from facefill.inference.fitting import PasteSettings, fill_batch, plan_fits
 from facefill.inference.options import FillOptions
 from facefill.methods.base import Inpainter
@@ -123,6 +123,17 @@ def test_aligned_skips_detection(monkeypatch):
     hole[20:30, 20:40] = True
     out = fill_batch(Grey(32), [image], [hole], settings=PasteSettings(aligned=True))[0]
     assert np.array_equal(out[~hole], image[~hole]) and (out[22:28, 22:38] == 128).all()
+
+
+def test_a_tilted_face_is_turned_level_by_its_eyes():
+    image = photo(512, [(3, 140, 130, 240)])
+    tilted = cv2.warpAffine(image, cv2.getRotationMatrix2D((260, 250), 12, 1.0), (512, 512),
+                            borderMode=cv2.BORDER_REFLECT)   # turned 12 degrees counter-clockwise
+    faces = detect_faces(tilted)
+    assert len(faces) == 1 and faces[0].eyes and abs(faces[0].angle + 12) < 4
+    matrix = face_transform(faces[0], FRAMINGS["celeba-hq"], 64)
+    turned = np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0]))
+    assert abs(turned + faces[0].angle) < 1e-6 and faces[0].angle < 0   # the crop undoes the tilt
 
 
 def test_framing_follows_the_weights_data():

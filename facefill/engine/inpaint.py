@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import logging
-import math
 import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 

@@ -109,7 +109,7 @@ def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
         boxes += [tuple(int(v) for v in f) for f in found]
     faces = []
     for box in _distinct(boxes):
-        angle, eyes = _eye_angle(views[0][0], box)
+        angle, eyes = _eye_angle(gray, box)  # the eye cascade does better without equalisation
         x, y, w, h = box
         faces.append(Face((x / scale, y / scale, w / scale, h / scale), angle, eyes))
     return faces
@@ -141,7 +141,7 @@ def _eye_angle(gray: np.ndarray, box) -> tuple[float, bool]:
     x, y, w, h = box
     upper = gray[y:y + h // 2 + h // 10, x:x + w]
     least = max(5, w // 8)
-    eyes = eyes_cascade.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=5, minSize=(least, least),
+    eyes = eyes_cascade.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=3, minSize=(least, least),
                                          maxSize=(w // 2, w // 2))
     if len(eyes) < 2:
         return 0.0, False
