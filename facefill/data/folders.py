@@ -350,22 +350,24 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
                     dilate: int = OCCLUDER_DILATE, faces=None) -> np.ndarray | None:
     """The hole of flat-filled occluders (a painted box, sunglasses shape ...), or None.
 
-    Candidates: for the ``top_colours`` most frequent colours (quantised to 8 levels a channel),
+    Candidates: for the ``top_colours`` most frequent colours (quantised to 32 levels a channel),
     the 4-connected regions of pixels within ``OCCLUDER_TOLERANCE`` of the colour (the largest
     channel difference), of at least ``min_fraction`` of the image, with at least
-    ``OCCLUDER_MIN_UNIFORM`` of their pixels (4 pixels in from the edge) within 2 of it. A JPEG keeps a painted fill
-    near-uniform (at quality 75, 90 % of a box's pixels lie within 5 of its colour, 99 % within
-    19) but blurs its edge: each region that is not exactly one colour (95 % of its pixels) grows by up to ``OCCLUDER_EDGE_GROWTH`` pixels into
-    pixels within ``OCCLUDER_EDGE_TOLERANCE`` of the colour. Natural photographs have flat regions
+    ``OCCLUDER_MIN_UNIFORM`` of their pixels (4 pixels in from the edge) within 2 of it. A JPEG
+    keeps a painted fill near-uniform (at quality 75, 90 % of a box's pixels lie within 5 of its
+    colour, 99 % within 19) but blurs its edge: a region that is not exactly one colour (95 % of
+    its pixels) grows by up to ``OCCLUDER_EDGE_GROWTH`` pixels into pixels within
+    ``OCCLUDER_EDGE_TOLERANCE`` of the colour. Natural photographs have flat regions
     too (clipped black or white backgrounds and hair, studio backdrops); they fade into their
     surroundings, while a painted fill stops at an edge: the median, over a 2-pixel ring around
     the grown region, of the largest channel difference from the colour must reach
     ``min_contrast``. Finally a region must be inside or over a face: where faces are detected
     it must overlap one (its Haar box grown by half), and a region that reaches the image border
-    must cover part of a face's centre (a black or white background around a portrait never
-    does); where no face is found (the occluder may hide it), a region reaching the border must
-    be solid (a bar or box: ``OCCLUDER_MIN_SOLIDITY`` of its convex hull). The union of accepted
-    regions is returned, dilated by ``dilate`` pixels.
+    must cover 15 % of the centre third of a face's box (a black or white background around a
+    portrait never does); where no face is found (the occluder may hide it), a region reaching
+    the border must be exactly one colour and solid (a lossless bar or box:
+    ``OCCLUDER_MIN_SOLIDITY`` of its convex hull). The union of accepted regions is returned,
+    dilated by ``dilate`` pixels.
     """
     rgb = np.asarray(rgb)
     height, width = rgb.shape[:2]
@@ -430,9 +432,9 @@ def _over_a_face(region: np.ndarray, faces, lossless: bool) -> bool:
         return not at_border or (lossless and _solidity(region) >= OCCLUDER_MIN_SOLIDITY)
     for face in faces:
         x, y, w, h = face.box
-        if at_border:  # the centre half of the face box
-            box = region[max(0, int(y + h / 4)):int(y + 3 * h / 4), max(0, int(x + w / 4)):int(x + 3 * w / 4)]
-            if box.size and box.mean() >= 0.1:
+        if at_border:  # the centre third of the face box (eyes, nose, mouth)
+            box = region[max(0, int(y + h / 3)):int(y + 2 * h / 3), max(0, int(x + w / 3)):int(x + 2 * w / 3)]
+            if box.size and box.mean() >= 0.15:
                 return True
         else:
             box = region[max(0, int(y - h / 4)):int(y + 5 * h / 4), max(0, int(x - w / 4)):int(x + 5 * w / 4)]
