@@ -42,6 +42,10 @@ class InpaintConfig:
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     amp: bool = False                  # bf16 autocast while filling
     summary: str | None = None         # JSON summary path; default OUT/summary.json
+    ext: str = "same"                  # output extension: same | png | jpg | webp
+    suffix: str = ""                   # added to each output's stem
+    quality: int | None = None         # JPEG (default 95) and lossy WebP quality; None: lossless WebP
+    max_pixels: int | None = 64_000_000  # refuse larger images from their header, before decoding
 
 
 @dataclass(frozen=True)

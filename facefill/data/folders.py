@@ -64,6 +64,8 @@ class DecodedImage:
     format: str | None               # PIL's name for the input format ("JPEG", "PNG", ...)
     mode: str                        # the input's PIL mode
     icc_profile: bytes | None = None
+    grey: np.ndarray | None = None   # HxW in the input's own dtype (8/16/32-bit, float) for grey modes
+    frames: int = 1                  # frames/pages in the file; only the first is filled
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,6 +109,47 @@ def list_images(folder) -> list[Path]:
     """Image files directly in ``folder`` (not recursive), sorted by name; ``*_mask.*``,
     ``*_compare.*`` and hidden files (such as atomic-write temporaries) are left out."""
     return sorted((p for p in _files(Path(folder)) if _is_input_image(p)), key=lambda p: p.name)
+
+
+def _ignore_reason(path: Path) -> str | None:
+    """Why an entry named like an image is not filled, or None for a photo to fill."""
+    if path.is_symlink() and not path.exists():
+        return "dangling symbolic link"
+    if path.is_dir():
+        return "a folder, not an image (folders are not searched)"
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    stem = path.stem.lower()
+    if stem.endswith(MASK_SUFFIX):
+        return f"named like a mask (*{MASK_SUFFIX}.*): read as a mask, never filled; rename it to fill it"
+    if stem.endswith(COMPARE_SUFFIX):
+        return (f"named like a comparison output (*{COMPARE_SUFFIX}.*): not filled; "
+                "rename it to fill it")
+    return None
+
+
+def list_inputs(source) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What ``facefill inpaint SOURCE`` fills: SOURCE itself when it is an image file, else its
+    images (as :func:`list_images`), and ``(name, reason)`` for every other entry named like an
+    image (masks, comparisons, dangling links, FIFOs, folders), so the summary can list them."""
+    source = Path(source)
+    if source.is_file():
+        if not source.suffix.lower() in IMAGE_SUFFIXES:
+            raise ValueError(f"{source}: not an image file (known suffixes: "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        return [source], []
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    images, ignored = [], []
+    for entry in sorted(source.iterdir(), key=lambda p: p.name):
+        if not is_image_name(entry):
+            continue
+        reason = _ignore_reason(entry)
+        if reason:
+            ignored.append((entry.name, reason))
+        else:
+            images.append(entry)
+    return images, ignored
 
 
 def _index_by_stem(files, strip: str = "") -> dict[str, Path]:
@@ -200,14 +243,30 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("P", "L", "RGB") and "transparency" in image.info
 
 
-def _grey16_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    array = array.astype(np.float64)
+def _grey_divisor(array: np.ndarray, mode: str) -> float:
+    """What a high-depth grey value is divided by for its 8-bit view (and multiplied back by)."""
     if mode == "F":
-        scale = 255.0 if array.size and np.nanmax(array) <= 1.0 else 1.0
-        return np.nan_to_num(array * scale).round().clip(0, 255).astype(np.uint8)
+        return 1 / 255.0 if array.size and np.nanmax(array) <= 1.0 else 1.0
     if mode.startswith("I;16") or (array.size and array.max() > 255):
-        return (array / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit range
-    return array.clip(0, 255).astype(np.uint8)
+        return 257.0  # 16-bit range
+    return 1.0
+
+
+def _grey16_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    divided = np.nan_to_num(array.astype(np.float64) / _grey_divisor(array, mode))
+    return divided.round().clip(0, 255).astype(np.uint8)
+
+
+def _grey_array(image: Image.Image) -> np.ndarray | None:
+    """The grey channel in its own dtype for grey modes (1, L, LA, I;16*, I, F), else None."""
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode == "LA":
+        return np.ascontiguousarray(np.asarray(image)[..., 0])
+    if mode == "L" or mode.startswith("I") or mode == "F":
+        return np.array(image)
+    return None
 
 
 def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -224,11 +283,32 @@ def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(image.convert("RGB")), None
 
 
-def decode_image(path) -> DecodedImage:
-    """Read a user image in any mode, EXIF orientation applied, or raise :class:`FileFailure`."""
+def _probe(path: Path, max_pixels: int | None) -> int:
+    """The number of frames, from the header alone; refuses more than ``max_pixels`` pixels
+    before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                frames = int(getattr(image, "n_frames", 1) or 1)
+    except Image.DecompressionBombError:
+        raise FileFailure("image too large to decode safely") from None
+    except Exception:  # _open names the problem
+        return 1
+    if max_pixels and width * height > max_pixels:
+        raise FileFailure(f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+                          f"--max-pixels limit of {max_pixels / 1e6:g} MP; raise it to fill this image")
+    return frames
+
+
+def decode_image(path, max_pixels: int | None = None) -> DecodedImage:
+    """Read a user image in any mode, EXIF orientation applied, or raise :class:`FileFailure`;
+    images over ``max_pixels`` pixels are refused from their header, before decoding."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise FileFailure(f"{DECODE_REASON}: empty file")
+    frames = _probe(path, max_pixels)
     image = _open(path, "image")
     try:
         rgb, alpha = to_rgb_alpha(image)
@@ -238,7 +318,7 @@ def decode_image(path) -> DecodedImage:
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FileFailure(DECODE_REASON)
     return DecodedImage(path=path, rgb=rgb, alpha=alpha, format=image.format, mode=image.mode,
-                        icc_profile=image.info.get("icc_profile"))
+                        icc_profile=image.info.get("icc_profile"), grey=_grey_array(image), frames=frames)
 
 
 def image_size(path) -> tuple[int, int] | None:
@@ -365,10 +445,17 @@ def load_mask(spec: MaskSpec, rgb: np.ndarray, *, index: int = 0, seed: int = 0,
 
 # ---------------------------------------------------------------------------------------- output
 
-def output_name(image: Path) -> str:
-    """``<stem><suffix>`` for formats written back as they came, else ``<stem>.png``."""
-    suffix = image.suffix if image.suffix.lower() in OUTPUT_FORMATS else ".png"
-    return image.stem + suffix
+#: ``--ext`` choices and the suffix each writes; ``same`` keeps the input's (PNG if unwritable).
+OUTPUT_EXTENSIONS = {"same": None, "png": ".png", "jpg": ".jpg", "webp": ".webp"}
+
+
+def output_name(image: Path, ext: str = "same", suffix: str = "") -> str:
+    """``<stem><suffix><ext>``: the input's extension for formats written back as they came
+    (``ext="same"``), else ``.png``; or the ``ext`` asked for."""
+    if ext not in OUTPUT_EXTENSIONS:
+        raise ValueError(f"--ext {ext!r}: use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    extension = OUTPUT_EXTENSIONS[ext] or (image.suffix if image.suffix.lower() in OUTPUT_FORMATS else ".png")
+    return image.stem + suffix + extension
 
 
 def output_format(name: str) -> str:
@@ -382,13 +469,15 @@ def keeps_alpha(fmt: str) -> bool:
     return fmt != "JPEG"
 
 
-def encode_options(fmt: str, decoded: DecodedImage | None = None) -> dict:
-    """Save options per format: JPEG quality 95, lossless WebP, the input's ICC profile."""
+def encode_options(fmt: str, decoded: DecodedImage | None = None, quality: int | None = None) -> dict:
+    """Save options per format: JPEG at ``quality`` (default 95), WebP lossless unless a
+    ``quality`` below 100 is given, the input's ICC profile."""
     options: dict = {}
     if fmt == "JPEG":
-        options.update(quality=95, subsampling=0)
+        options.update(quality=min(95 if quality is None else quality, 100), subsampling=0)
     elif fmt == "WEBP":
-        options.update(lossless=True, quality=95)
+        lossy = quality is not None and quality < 100
+        options.update(lossless=not lossy, quality=quality if lossy else 95)
     elif fmt == "PNG":
         options.update(compress_level=6)
     # Keep an RGB colour profile; a CMYK or grey one would not describe the RGB output.
@@ -405,7 +494,38 @@ def to_pil(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Image.Image:
     return image
 
 
+def _holds_grey(fmt: str, dtype: np.dtype) -> bool:
+    """Whether ``fmt`` stores grey of this dtype: 8-bit anywhere, 16-bit in PNG/TIFF, more in TIFF."""
+    if dtype == np.uint8:
+        return True
+    if dtype == np.uint16:
+        return fmt in ("PNG", "TIFF")
+    return fmt == "TIFF"
+
+
+def compose_output(decoded: DecodedImage, filled: np.ndarray, fmt: str) -> Image.Image:
+    """The output image: the input's own pixels (grey stays grey, 16-bit and float stay so where
+    ``fmt`` can hold them), with only the pixels the fill changed (in its 8-bit RGB view)
+    replaced; the alpha channel kept where ``fmt`` holds one."""
+    alpha = decoded.alpha if keeps_alpha(fmt) else None
+    if decoded.grey is None:
+        return to_pil(filled, alpha)
+    grey, scale = decoded.grey, _grey_divisor(decoded.grey, decoded.mode)
+    if not _holds_grey(fmt, grey.dtype):
+        grey, scale = decoded.rgb[..., 0], 1.0  # the 8-bit view, which this format can hold
+    changed = np.any(np.asarray(filled) != decoded.rgb, axis=2)
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(filled, dtype=np.uint8)).convert("L"))
+    out = grey.copy()
+    values = luma[changed].astype(np.float64) * scale
+    out[changed] = values if out.dtype.kind == "f" else values.round().astype(out.dtype)
+    image = Image.fromarray(out)
+    if alpha is not None and image.mode == "L":
+        image.putalpha(Image.fromarray(np.ascontiguousarray(alpha, dtype=np.uint8), mode="L"))
+    return image
+
+
 __all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "DECODE_REASON", "NO_MASK_REASON", "FileFailure",
            "DecodedImage", "MaskSpec", "list_images", "pair_masks", "check_mask_kind", "decode_image",
            "image_size", "to_rgb_alpha", "read_mask_file", "generated_mask", "detect_occluder",
-           "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil"]
+           "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil",
+           "list_inputs", "compose_output", "OUTPUT_EXTENSIONS"]
