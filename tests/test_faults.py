@@ -161,6 +161,25 @@ def test_item8_deep_and_grey_inputs_keep_their_depth_and_only_hole_pixels_change
     assert not np.array_equal(filled[hole], original[hole])
 
 
+@pytest.mark.parametrize("name", ["rgb16.png", "rgb16.tif"])
+def test_item8_16_bit_rgb_stays_16_bit_and_only_hole_pixels_change(tmp_path, name):
+    import cv2
+
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 65536, (32, 32, 3), dtype=np.uint16)  # as cv2 stores it: BGR
+    assert cv2.imwrite(str(src / name), original)
+    hole = hole_of()
+    save_mask(src / f"{Path(name).stem}_mask.png", hole)
+    summary = run_inpaint(config(src, tmp_path / "out"))
+    assert summary["done"] == [name], summary
+    filled = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
+    assert filled.dtype == np.uint16 and filled.shape == original.shape
+    assert np.array_equal(filled[~hole], original[~hole])
+    assert not np.array_equal(filled[hole], original[hole])
+
+
 def test_item9_an_output_locked_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(photos, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

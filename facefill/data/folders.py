@@ -17,6 +17,7 @@ differs from its image is refused.
 """
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -64,7 +65,9 @@ class DecodedImage:
     format: str | None               # PIL's name for the input format ("JPEG", "PNG", ...)
     mode: str                        # the input's PIL mode
     icc_profile: bytes | None = None
-    grey: np.ndarray | None = None   # HxW in the input's own dtype (8/16/32-bit, float) for grey modes
+    # The input's own pixels where the 8-bit RGB view loses something: grey modes (HxW in their
+    # dtype: 8/16/32-bit, float) and 16-bit RGB(A) PNG/TIFF (HxWx3 or HxWx4 uint16, RGB order).
+    original: np.ndarray | None = None
     frames: int = 1                  # frames/pages in the file; only the first is filled
 
     @property
@@ -283,23 +286,36 @@ def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(image.convert("RGB")), None
 
 
-def _probe(path: Path, max_pixels: int | None) -> int:
-    """The number of frames, from the header alone; refuses more than ``max_pixels`` pixels
-    before any pixel is decoded."""
+def _probe(path: Path, max_pixels: int | None) -> tuple[int, bool]:
+    """(frames, 16-bit RGB without EXIF rotation) from the header alone; refuses more than
+    ``max_pixels`` pixels before any pixel is decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
                 width, height = image.size
                 frames = int(getattr(image, "n_frames", 1) or 1)
+                deep = (image.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in image.tile)
+                        and image.getexif().get(0x0112, 1) == 1)
     except Image.DecompressionBombError:
         raise FileFailure("image too large to decode safely") from None
     except Exception:  # _open names the problem
-        return 1
+        return 1, False
     if max_pixels and width * height > max_pixels:
         raise FileFailure(f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
                           f"--max-pixels limit of {max_pixels / 1e6:g} MP; raise it to fill this image")
-    return frames
+    return frames, deep
+
+
+def _read_deep_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A 16-bit RGB(A) file's pixels (PIL reads them as 8-bit), in RGB order, or None."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[:2] != tuple(shape):
+        return None
+    order = [2, 1, 0, 3][: data.shape[2]]
+    return np.ascontiguousarray(data[..., order])
 
 
 def decode_image(path, max_pixels: int | None = None) -> DecodedImage:
@@ -308,7 +324,7 @@ def decode_image(path, max_pixels: int | None = None) -> DecodedImage:
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise FileFailure(f"{DECODE_REASON}: empty file")
-    frames = _probe(path, max_pixels)
+    frames, deep = _probe(path, max_pixels)
     image = _open(path, "image")
     try:
         rgb, alpha = to_rgb_alpha(image)
@@ -317,8 +333,9 @@ def decode_image(path, max_pixels: int | None = None) -> DecodedImage:
         raise FileFailure(reason) from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FileFailure(DECODE_REASON)
+    original = _read_deep_rgb(path, rgb.shape[:2]) if deep else _grey_array(image)
     return DecodedImage(path=path, rgb=rgb, alpha=alpha, format=image.format, mode=image.mode,
-                        icc_profile=image.info.get("icc_profile"), grey=_grey_array(image), frames=frames)
+                        icc_profile=image.info.get("icc_profile"), original=original, frames=frames)
 
 
 def image_size(path) -> tuple[int, int] | None:
@@ -504,16 +521,17 @@ def _holds_grey(fmt: str, dtype: np.dtype) -> bool:
 
 
 def compose_output(decoded: DecodedImage, filled: np.ndarray, fmt: str) -> Image.Image:
-    """The output image: the input's own pixels (grey stays grey, 16-bit and float stay so where
-    ``fmt`` can hold them), with only the pixels the fill changed (in its 8-bit RGB view)
+    """The output image: the input's own pixels (grey stays grey, 16-bit and float grey stay so
+    where ``fmt`` can hold them), with only the pixels the fill changed (in its 8-bit RGB view)
     replaced; the alpha channel kept where ``fmt`` holds one."""
     alpha = decoded.alpha if keeps_alpha(fmt) else None
-    if decoded.grey is None:
+    grey = decoded.original
+    if grey is None or grey.ndim != 2:
         return to_pil(filled, alpha)
-    grey, scale = decoded.grey, _grey_divisor(decoded.grey, decoded.mode)
+    scale = _grey_divisor(grey, decoded.mode)
     if not _holds_grey(fmt, grey.dtype):
         grey, scale = decoded.rgb[..., 0], 1.0  # the 8-bit view, which this format can hold
-    changed = np.any(np.asarray(filled) != decoded.rgb, axis=2)
+    changed = _changed(decoded, filled)
     luma = np.asarray(Image.fromarray(np.ascontiguousarray(filled, dtype=np.uint8)).convert("L"))
     out = grey.copy()
     values = luma[changed].astype(np.float64) * scale
@@ -524,8 +542,34 @@ def compose_output(decoded: DecodedImage, filled: np.ndarray, fmt: str) -> Image
     return image
 
 
+def _changed(decoded: DecodedImage, filled: np.ndarray) -> np.ndarray:
+    """HxW bool: the pixels the fill changed in the 8-bit RGB view."""
+    return np.any(np.asarray(filled) != decoded.rgb, axis=2)
+
+
+def encode_output(decoded: DecodedImage, filled: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """The output file's bytes in ``fmt``: :func:`compose_output` with :func:`encode_options`,
+    or, for a 16-bit RGB(A) input written as PNG or TIFF, its 16-bit pixels with the changed
+    ones replaced (encoded by OpenCV: PIL writes no 16-bit RGB)."""
+    deep = decoded.original
+    if deep is not None and deep.ndim == 3 and fmt in ("PNG", "TIFF"):
+        import cv2
+
+        out = deep.copy()
+        changed = _changed(decoded, filled)
+        out[..., :3][changed] = np.asarray(filled)[changed].astype(np.uint16) * 257
+        order = [2, 1, 0, 3][: out.shape[2]]
+        ok, data = cv2.imencode(".png" if fmt == "PNG" else ".tiff", np.ascontiguousarray(out[..., order]))
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a 16-bit {fmt}")
+        return data.tobytes()
+    buffer = io.BytesIO()
+    compose_output(decoded, filled, fmt).save(buffer, format=fmt, **encode_options(fmt, decoded, quality))
+    return buffer.getvalue()
+
+
 __all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "DECODE_REASON", "NO_MASK_REASON", "FileFailure",
            "DecodedImage", "MaskSpec", "list_images", "pair_masks", "check_mask_kind", "decode_image",
            "image_size", "to_rgb_alpha", "read_mask_file", "generated_mask", "detect_occluder",
            "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil",
-           "list_inputs", "compose_output", "OUTPUT_EXTENSIONS"]
+           "list_inputs", "compose_output", "encode_output", "OUTPUT_EXTENSIONS"]

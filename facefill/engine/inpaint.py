@@ -295,9 +295,7 @@ def _write(loaded: _Loaded, filled: np.ndarray | None, config: InpaintConfig) ->
                 filled = None
         if filled is not None:
             fmt = folders.output_format(item.output.name)
-            image = folders.compose_output(decoded, filled, fmt)
-            fileio.write_image_atomic(item.output, image, format=fmt,
-                                      **folders.encode_options(fmt, decoded, config.quality))
+            fileio.write_bytes_atomic(item.output, folders.encode_output(decoded, filled, fmt, config.quality))
         if config.save_comparison:
             after = decoded.rgb if filled is None else filled
             compare = comparison_image(decoded.rgb, loaded.hole, after)
