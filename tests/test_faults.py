@@ -54,7 +54,8 @@ def cli(*args):
 
 def assert_one_line_error(result, *needles, code=2):
     assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     for needle in needles:
         assert needle in result.output, result.output
 

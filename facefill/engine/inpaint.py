@@ -254,7 +254,11 @@ class _Run:
         output appeared meanwhile (written by another run). Returns the items this run fills."""
         claimed = []
         for item in items:
-            lock, owner = fileio.try_lock(item.output)
+            try:
+                lock, owner = fileio.try_lock(item.output)
+            except OSError as error:  # a read-only or full OUT
+                self.fail(item, f"cannot write {item.output}: {error.strerror or error}")
+                continue
             if lock is None:
                 self.skip(item, f"skipped: another facefill process (pid {owner}) is writing {item.output.name}")
             elif item.output.exists() and not self.config.overwrite:
