@@ -99,12 +99,13 @@ def tiny_weights(path: Path, **changes) -> Path:
 
 def test_item5_mask_and_compare_named_photos_links_fifos_and_folders_are_listed(photos, tmp_path):
     Image.fromarray(boxed_face(seed=3)).save(photos / "portrait_mask.jpg")      # a photo, named like a mask
+    save_mask(photos / "b_mask.png", hole_of())                                 # b.png's mask: used, not listed
     Image.fromarray(boxed_face(seed=4)).save(photos / "holiday_compare.png")
     (photos / "gone.png").symlink_to(tmp_path / "nowhere.png")
     os.mkfifo(photos / "pipe.jpg")
     (photos / "album.jpg").mkdir()
     summary = run_inpaint(config(photos, tmp_path / "out"))
-    assert summary["done"] == ["a.png", "b.png"]
+    assert summary["done"] == ["a.png", "b.png"] and summary["mask_sources"]["b.png"] == "beside"
     reasons = {entry["file"]: entry["reason"] for entry in summary["ignored"]}
     assert set(reasons) == {"portrait_mask.jpg", "holiday_compare.png", "gone.png", "pipe.jpg", "album.jpg"}
     assert "mask" in reasons["portrait_mask.jpg"] and "comparison" in reasons["holiday_compare.png"]

@@ -124,7 +124,8 @@ def _ignore_reason(path: Path) -> str | None:
         return "not a regular file (a FIFO, socket or device)"
     stem = path.stem.lower()
     if stem.endswith(MASK_SUFFIX):
-        return f"named like a mask (*{MASK_SUFFIX}.*): read as a mask, never filled; rename it to fill it"
+        return (f"named like a mask (*{MASK_SUFFIX}.*) but no image {path.stem[:-len(MASK_SUFFIX)]}.* "
+                f"beside it: not filled; rename it to fill it")
     if stem.endswith(COMPARE_SUFFIX):
         return (f"named like a comparison output (*{COMPARE_SUFFIX}.*): not filled; "
                 "rename it to fill it")
@@ -134,7 +135,8 @@ def _ignore_reason(path: Path) -> str | None:
 def list_inputs(source) -> tuple[list[Path], list[tuple[str, str]]]:
     """What ``facefill inpaint SOURCE`` fills: SOURCE itself when it is an image file, else its
     images (as :func:`list_images`), and ``(name, reason)`` for every other entry named like an
-    image (masks, comparisons, dangling links, FIFOs, folders), so the summary can list them."""
+    image (a ``*_mask.*`` with no image of its stem, comparisons, dangling links, FIFOs, folders),
+    so the summary can list them; the masks of images beside them are not listed."""
     source = Path(source)
     if source.is_file():
         if not source.suffix.lower() in IMAGE_SUFFIXES:
@@ -143,15 +145,13 @@ def list_inputs(source) -> tuple[list[Path], list[tuple[str, str]]]:
         return [source], []
     if not source.is_dir():
         raise FileNotFoundError(f"{source}: no such file or folder")
-    images, ignored = [], []
-    for entry in sorted(source.iterdir(), key=lambda p: p.name):
-        if not is_image_name(entry):
-            continue
-        reason = _ignore_reason(entry)
-        if reason:
-            ignored.append((entry.name, reason))
-        else:
-            images.append(entry)
+    entries = sorted((p for p in source.iterdir() if is_image_name(p)), key=lambda p: p.name)
+    reasons = {entry: _ignore_reason(entry) for entry in entries}
+    images = [entry for entry in entries if reasons[entry] is None]
+    stems = {image.stem for image in images}
+    ignored = [(entry.name, reason) for entry, reason in reasons.items() if reason is not None
+               and not (entry.stem.lower().endswith(MASK_SUFFIX) and entry.is_file()
+                        and entry.stem[:-len(MASK_SUFFIX)] in stems)]  # the mask of an image: used
     return images, ignored
 
 
