@@ -224,11 +224,11 @@ def inpaint(**options):
     Only hole pixels change. Exit code: 0 all done, 1 some files failed, 2 usage error,
     130 interrupted (OUT/summary.json lists what was done).
     """
-    from facefill.engine.inpaint import run_inpaint
-
     if sum(bool(options[k]) for k in ("mask_dir", "mask", "masks")) > 1:
         raise UsageFailure("give at most one of --mask-dir, --mask, --masks")
     try:
+        from facefill.engine.inpaint import run_inpaint
+
         summary = _run(run_inpaint, cfg.InpaintConfig(**options))
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
