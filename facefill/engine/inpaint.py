@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,7 +294,7 @@ def _write(loaded: _Loaded, filled: np.ndarray | None, config: InpaintConfig) ->
     try:
         if filled is None:  # no hole: the input itself, byte for byte when the format allows
             filled = decoded.rgb
-            if item.output.suffix.lower() == item.path.suffix.lower() and config.quality is None:
+            if item.output.suffix.lower() == item.path.suffix.lower():
                 fileio.write_bytes_atomic(item.output, item.path.read_bytes())
                 filled = None
         if filled is not None:
@@ -349,9 +349,9 @@ def _compare_names(outputs: list[Path]) -> list[str]:
     """``<output stem>_compare.png``; outputs sharing a stem (e.jpg, e.png) add their extension."""
     from facefill.data.folders import COMPARE_SUFFIX
 
-    stems = [out.stem for out in outputs]
-    return [f"{stem}{'_' + out.suffix.lstrip('.').lower() if stems.count(stem) > 1 else ''}"
-            f"{COMPARE_SUFFIX}.png" for stem, out in zip(stems, outputs)]
+    shared = Counter(out.stem for out in outputs)
+    return [f"{out.stem}{'_' + out.suffix.lstrip('.').lower() if shared[out.stem] > 1 else ''}"
+            f"{COMPARE_SUFFIX}.png" for out in outputs]
 
 
 def _plan(config: InpaintConfig):
