@@ -91,13 +91,6 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _is_input_image(path: Path) -> bool:
-    if not is_image_name(path):
-        return False
-    stem = path.stem.lower()
-    return not (stem.endswith(MASK_SUFFIX) or stem.endswith(COMPARE_SUFFIX))
-
-
 def _files(folder: Path) -> list[Path]:
     try:
         entries = list(folder.iterdir())
@@ -111,7 +104,8 @@ def _files(folder: Path) -> list[Path]:
 def list_images(folder) -> list[Path]:
     """Image files directly in ``folder`` (not recursive), sorted by name; ``*_mask.*``,
     ``*_compare.*`` and hidden files (such as atomic-write temporaries) are left out."""
-    return sorted((p for p in _files(Path(folder)) if _is_input_image(p)), key=lambda p: p.name)
+    _files(Path(folder))  # "no such folder" / "not a folder"
+    return list_inputs(folder)[0]
 
 
 def _ignore_reason(path: Path) -> str | None:
