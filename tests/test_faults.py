@@ -99,7 +99,7 @@ def tiny_weights(path: Path, **changes) -> Path:
 
 def test_item5_mask_and_compare_named_photos_links_fifos_and_folders_are_listed(photos, tmp_path):
     Image.fromarray(boxed_face(seed=3)).save(photos / "portrait_mask.jpg")      # a photo, named like a mask
-    save_mask(photos / "b_mask.png", hole_of())                                 # b.png's mask: used, not listed
+    save_mask(photos / "b_mask.png", hole_of())  # b.png's mask: used, not listed
     Image.fromarray(boxed_face(seed=4)).save(photos / "holiday_compare.png")
     (photos / "gone.png").symlink_to(tmp_path / "nowhere.png")
     os.mkfifo(photos / "pipe.jpg")
@@ -109,7 +109,8 @@ def test_item5_mask_and_compare_named_photos_links_fifos_and_folders_are_listed(
     reasons = {entry["file"]: entry["reason"] for entry in summary["ignored"]}
     assert set(reasons) == {"portrait_mask.jpg", "holiday_compare.png", "gone.png", "pipe.jpg", "album.jpg"}
     assert "mask" in reasons["portrait_mask.jpg"] and "comparison" in reasons["holiday_compare.png"]
-    assert "dangling" in reasons["gone.png"] and "FIFO" in reasons["pipe.jpg"] and "folder" in reasons["album.jpg"]
+    assert "dangling" in reasons["gone.png"] and "FIFO" in reasons["pipe.jpg"]
+    assert "folder" in reasons["album.jpg"]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["ignored"] == summary["ignored"]
 
 
@@ -328,7 +329,8 @@ def test_ctrl_c_writes_the_summary_of_what_was_done_and_exits_130(tmp_path, monk
         return real_fill(*args, **kwargs)
 
     monkeypatch.setattr(inpaint, "fill_batch", fill_then_interrupt)
-    result = cli("inpaint", src, tmp_path / "out", "--method", "telea", "--device", "cpu", "--batch-size", "2")
+    result = cli("inpaint", src, tmp_path / "out", "--method", "telea", "--device", "cpu",
+                 "--batch-size", "2")
     assert result.exit_code == 130, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["done"] == ["0.png", "1.png"]
@@ -352,7 +354,8 @@ def test_max_pixels_refuses_a_huge_image_before_decoding(tmp_path, monkeypatch):
     Image.fromarray(boxed_face()).save(src / "small.png")
     opened = []
     real_open = folders._open
-    monkeypatch.setattr(folders, "_open", lambda path, what: opened.append(path.name) or real_open(path, what))
+    monkeypatch.setattr(folders, "_open",
+                        lambda path, what: opened.append(path.name) or real_open(path, what))
     summary = run_inpaint(config(src, tmp_path / "out", max_pixels=1_000_000))
     assert summary["done"] == ["small.png"] and opened == ["small.png"]
     assert summary["failed"] == [{"file": "huge.png", "reason": "image is 3000x3000 (9.0 MP), over the "

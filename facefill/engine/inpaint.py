@@ -260,7 +260,8 @@ class _Run:
                 self.fail(item, f"cannot write {item.output}: {error.strerror or error}")
                 continue
             if lock is None:
-                self.skip(item, f"skipped: another facefill process (pid {owner}) is writing {item.output.name}")
+                self.skip(item, f"skipped: another facefill process (pid {owner}) "
+                                f"is writing {item.output.name}")
             elif item.output.exists() and not self.config.overwrite:
                 self.locks[item.index] = lock
                 self.skip(item, f"skipped: {item.output.name} was written by another run meanwhile")
@@ -299,7 +300,8 @@ def _write(loaded: _Loaded, filled: np.ndarray | None, config: InpaintConfig) ->
                 filled = None
         if filled is not None:
             fmt = folders.output_format(item.output.name)
-            fileio.write_bytes_atomic(item.output, folders.encode_output(decoded, filled, fmt, config.quality))
+            data = folders.encode_output(decoded, filled, fmt, config.quality)
+            fileio.write_bytes_atomic(item.output, data)
         if config.save_comparison:
             after = decoded.rgb if filled is None else filled
             compare = comparison_image(decoded.rgb, loaded.hole, after)
