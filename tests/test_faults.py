@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,10 +187,10 @@ def test_item8_16_bit_rgb_stays_16_bit_and_only_hole_pixels_change(tmp_path, nam
 def test_item9_an_output_locked_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(photos, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    fileio.lock_path(out / "a.png").write_text(f"{os.getppid()} {os.uname().nodename}\n")  # alive
+    fileio.lock_path(out / "a.png").write_text(f"{os.getppid()} {socket.gethostname()}\n")  # alive
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    fileio.lock_path(out / "b.png").write_text(f"{dead.pid} {os.uname().nodename}\n")      # gone
+    fileio.lock_path(out / "b.png").write_text(f"{dead.pid} {socket.gethostname()}\n")  # gone
     summary = run_inpaint(config(photos, out))
     assert summary["done"] == ["b.png"] and summary["skipped"] == ["a.png"]
     assert "another facefill process" in summary["notes"]["a.png"]
@@ -254,10 +255,9 @@ def test_resolve_device_validates_names():
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
-    for name in ("bogus", "cuda:x", "gpu", ""):
-        if name:
-            with pytest.raises(ValueError, match="unknown device"):
-                resolve_device(name)
+    for name in ("bogus", "cuda:x", "gpu"):
+        with pytest.raises(ValueError, match="unknown device"):
+            resolve_device(name)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda:0")
