@@ -190,8 +190,8 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
 
 
 @main.command()
-@click.argument("input_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.argument("input_dir", metavar="IN", type=click.Path(exists=True))
+@click.argument("output_dir", metavar="OUT", type=click.Path(file_okay=False))
 @click.option("--method", help="Method name; default: the best shipped learned method, else telea.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A weights file (.pt).")
 @click.option("--mask-dir", type=click.Path(exists=True, file_okay=False),
@@ -213,20 +213,34 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
 @click.option("--dilate", default=0, show_default=True, help="Grow each hole by N pixels before filling.")
 @click.option("--feather", default=0, show_default=True,
               help="Soft edge of N pixels inside the dilated hole (the given hole is always replaced).")
+@click.option("--ext", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True,
+              help="Output format; same: the input's (PNG for formats not written back).")
+@click.option("--suffix", default="", help="Added to each output's stem, e.g. _filled.")
+@click.option("--quality", type=click.IntRange(1, 100),
+              help="JPEG and WebP quality [default: JPEG 95, WebP lossless].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
+              help="Refuse larger images (width x height, read from the header before decoding).")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
-    """Fill every image in INPUT_DIR and write the results to OUTPUT_DIR.
+    """Fill every image in IN (a folder, or one image file) and write the results to OUT.
 
     Masks come from <stem>_mask.png beside each image, --mask-dir, --mask, --masks, or, with
     none of these, from detecting flat-filled occluders (a near-uniform region over a face).
     Faces are detected, each hole is filled in the face's crop at the model's size and pasted
-    back at full resolution: only hole pixels (grown by --dilate) change. Exit code: 0 all done, 1 some files failed, 2 usage error.
+    back at full resolution: only hole pixels (grown by --dilate) change. Exit code: 0 all done,
+    1 some files failed, 2 usage error, 130 interrupted (OUT/summary.json lists what was done).
     """
-    from facefill.engine.inpaint import run_inpaint
-
     if sum(bool(options[k]) for k in ("mask_dir", "mask", "masks")) > 1:
         raise UsageFailure("give at most one of --mask-dir, --mask, --masks")
-    summary = _run(run_inpaint, cfg.InpaintConfig(**options))
+    try:
+        from facefill.engine.inpaint import run_inpaint
+
+        summary = _run(run_inpaint, cfg.InpaintConfig(**options))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    if summary.get("interrupted"):
+        sys.exit(130)
     if summary["failed"]:
         sys.exit(1)
 

@@ -45,6 +45,10 @@ class InpaintConfig:
     aligned: bool = False              # faces already cropped: no face detection
     dilate: int = 0                    # grow the hole by this many pixels before filling
     feather: int = 0                   # soft edge (pixels) inside the dilated hole
+    ext: str = "same"                  # output extension: same | png | jpg | webp
+    suffix: str = ""                   # added to each output's stem
+    quality: int | None = None         # JPEG (default 95) and lossy WebP quality; None: lossless WebP
+    max_pixels: int | None = 64_000_000  # refuse larger images from their header, before decoding
 
 
 @dataclass(frozen=True)

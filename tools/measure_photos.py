@@ -58,7 +58,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def run(cli: str, src: Path, out: Path, *extra: str, cwd: Path | None = None) -> None:
     command = [cli, "inpaint", str(src), str(out), "--overwrite", "--device", "cpu", *extra]
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if done.returncode not in (0, 1):
+    if done.returncode not in (0, 1) or not (out / "summary.json").is_file():
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr}")
     print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", file=sys.stderr)
 

@@ -349,6 +349,9 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     in the card. ``settings`` replace method settings in the stored config (inference ones, such
     as a sampler's ``eta`` chosen on validation images); the card records them."""
     state = load_checkpoint(checkpoint)
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint}: holds a {type(state).__name__}, not a facefill training "
+                         f"checkpoint or weights file")
     settings = dict(settings or {})
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
         payload = {**state, "config": _replaced_settings(state["method"], state.get("config", {}), settings)}
