@@ -54,8 +54,8 @@ OCCLUDER_DILATE = 2
 OCCLUDER_TOLERANCE = 12         # a painted colour after JPEG (quality 75: 90 % of pixels within 5)
 OCCLUDER_EDGE_TOLERANCE = 48    # ... and its blurred edge (quality 75: 99 % within 19, the rest up to 44+)
 OCCLUDER_EDGE_GROWTH = 4        # pixels the edge may add around the near-uniform core
-OCCLUDER_MIN_UNIFORM = 0.7      # share of a fill's pixels within 2 of its colour, 4 pixels in from its edge
-                                # (JPEG q75: 90 % of fills >= 0.76; natural near-uniform regions: 99 % < 0.72)
+OCCLUDER_MIN_UNIFORM = 0.5      # share of a fill's pixels of exactly its colour, 4 pixels in from its edge
+                                # (JPEG q75 boxes: 0.84-0.88; flat natural regions such as dark hair: <= 0.3)
 OCCLUDER_MIN_SOLIDITY = 0.85    # a border-touching region without a face must be a bar or box
 
 
@@ -444,7 +444,7 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
     Candidates: for the ``top_colours`` most frequent colours (quantised to 32 levels a channel),
     the 4-connected regions of pixels within ``OCCLUDER_TOLERANCE`` of the colour (the largest
     channel difference), of at least ``min_fraction`` of the image, with at least
-    ``OCCLUDER_MIN_UNIFORM`` of their pixels (4 pixels in from the edge) within 2 of it. A JPEG
+    ``OCCLUDER_MIN_UNIFORM`` of their pixels (4 pixels in from the edge) exactly of it. A JPEG
     keeps a painted fill near-uniform (at quality 75, 90 % of a box's pixels lie within 5 of its
     colour, 99 % within 19) but blurs its edge: a region that is not exactly one colour (95 % of
     its pixels) grows by up to ``OCCLUDER_EDGE_GROWTH`` pixels into pixels within
@@ -452,9 +452,8 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
     too (clipped black or white backgrounds and hair, studio backdrops); they fade into their
     surroundings, while a painted fill stops at an edge: the median, over a 2-pixel ring around
     the grown region, of the largest channel difference from the colour must reach
-    ``min_contrast``. Finally a region must be inside or over a face: where faces are detected
-    it must overlap one (its Haar box grown by half), and a region that reaches the image border
-    must cover 15 % of the centre third of a face's box (a black or white background around a
+    ``min_contrast``. Finally a region that reaches the image border must cover 15 % of the
+    centre third of a detected face's box (a black or white background around a
     portrait never does); where no face is found (the occluder may hide it), a region reaching
     the border must be exactly one colour and solid (a lossless bar or box:
     ``OCCLUDER_MIN_SOLIDITY`` of its convex hull). The union of accepted regions is returned,
@@ -492,10 +491,10 @@ def detect_occluder(rgb: np.ndarray, *, min_fraction: float = OCCLUDER_MIN_FRACT
 
 
 def _uniformity(core: np.ndarray, distance: np.ndarray) -> float:
-    """The share of pixels within 2 of the colour, away from the core's edge (JPEG blocks
+    """The share of pixels of exactly the colour, away from the core's edge (JPEG blocks
     straddling a painted edge ring for 4 pixels or so)."""
     inner = cv2.erode(core.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    return float(np.mean(distance[inner if inner.any() else core] <= 2))
+    return float(np.mean(distance[inner if inner.any() else core] == 0))
 
 
 def _grow_edge(region: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -517,20 +516,18 @@ def _stands_out(region: np.ndarray, distance: np.ndarray, min_contrast: float) -
 
 
 def _over_a_face(region: np.ndarray, faces, lossless: bool) -> bool:
-    """The module's face rules (see :func:`detect_occluder`)."""
+    """The border rules of :func:`detect_occluder`: a region inside the image may be anywhere
+    (an occluder can hide the face from the detector, which may then find a false one)."""
     at_border = region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any()
+    if not at_border:
+        return True
     if not faces:
-        return not at_border or (lossless and _solidity(region) >= OCCLUDER_MIN_SOLIDITY)
-    for face in faces:
+        return lossless and _solidity(region) >= OCCLUDER_MIN_SOLIDITY
+    for face in faces:  # the centre third of the face box (eyes, nose, mouth)
         x, y, w, h = face.box
-        if at_border:  # the centre third of the face box (eyes, nose, mouth)
-            box = region[max(0, int(y + h / 3)):int(y + 2 * h / 3), max(0, int(x + w / 3)):int(x + 2 * w / 3)]
-            if box.size and box.mean() >= 0.15:
-                return True
-        else:
-            box = region[max(0, int(y - h / 4)):int(y + 5 * h / 4), max(0, int(x - w / 4)):int(x + 5 * w / 4)]
-            if box.any():
-                return True
+        box = region[max(0, int(y + h / 3)):int(y + 2 * h / 3), max(0, int(x + w / 3)):int(x + 2 * w / 3)]
+        if box.size and box.mean() >= 0.15:
+            return True
     return False
 
 
