@@ -118,18 +118,21 @@ def main() -> None:
             print(f"{side:5d} px  {label:22s} {row['method']:14s} face {row['psnr_face']:6.2f} dB  "
                   f"hole {row['psnr_hole']:6.2f} dB")
             if args.pictures and label.startswith("after"):
-                write_picture(Path(args.pictures), side, src, out, "photo000")
+                write_picture(Path(args.pictures), side, src, out, "photo000", truth["photo000"][2])
     out_path = Path(args.out) if args.out else work / "results.json"
     out_path.write_text(json.dumps(results, indent=2))
     print(markdown(results["rows"]))
 
 
-def write_picture(folder: Path, side: int, src: Path, out: Path, stem: str, panel: int = 360) -> None:
-    """docs/photo-<side>.jpg: the input, its mask and the fill side by side, each ``panel`` px."""
+def write_picture(folder: Path, side: int, src: Path, out: Path, stem: str, box: tuple, panel: int = 300) -> None:
+    """docs/photo-<side>.jpg: the input, its mask, the fill, and the fill's face at full
+    resolution (``box``: x, y, width of the face square), side by side, each ``panel`` px."""
     folder.mkdir(parents=True, exist_ok=True)
+    x, y, width = box
+    filled = Image.open(out / f"{stem}.png").convert("RGB")
     panels = [Image.open(src / f"{stem}.png").convert("RGB"), Image.open(src / f"{stem}_mask.png").convert("RGB"),
-              Image.open(out / f"{stem}.png").convert("RGB")]
-    strip = Image.new("RGB", (3 * panel + 8, panel), "white")
+              filled, filled.crop((x, y, x + width, y + width))]
+    strip = Image.new("RGB", (4 * panel + 12, panel), "white")
     for i, image in enumerate(panels):
         strip.paste(image.resize((panel, panel), Image.Resampling.LANCZOS), (i * (panel + 4), 0))
     strip.save(folder / f"photo-{side}.jpg", quality=88)
