@@ -304,3 +304,11 @@ def test_config_starts_training(path, tmp_path):
     assert saved["train"]["steps"] == 1 and saved["method"]["size"] == 32
     for key, value in _load(path).get("method", {}).items():
         assert saved["method"][key] == value, key
+
+
+def test_standard_error():
+    from facefill.engine.reproduce import standard_error
+
+    # values 1, 2, 3: sample sd 1, n 3 -> 1 / sqrt(3); non-finite values are left out
+    assert standard_error([1.0, 2.0, 3.0, math.inf, math.nan]) == pytest.approx(1 / math.sqrt(3))
+    assert standard_error([5.0]) is None

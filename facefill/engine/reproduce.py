@@ -116,13 +116,22 @@ def difference(measured: float | None, reported: float | None) -> float | None:
     return measured - reported
 
 
+def standard_error(values) -> float | None:
+    """The standard error of the mean of the finite ``values`` (None under two)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if len(finite) < 2:
+        return None
+    mean = sum(finite) / len(finite)
+    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1) / len(finite))
+
+
 def compare_row(metrics, method: str, kind: str, reported: Reported | None, means: dict | None,
-                variant: str = "", images: int | None = None, note: str = "") -> dict:
+                variant: str = "", images: int | None = None, note: str = "", psnr_se: float | None = None) -> dict:
     """One table row: the paper's values, facefill's and their differences for ``metrics``."""
     paper_values = {m: (reported.metrics.get(m) if reported else None) for m in metrics}
     measured = {m: (means.get(m) if means else None) for m in metrics}
     return {"method": method, "variant": variant, "masks": kind, "images": images,
-            "paper": paper_values, "facefill": measured,
+            "paper": paper_values, "facefill": measured, "psnr_se": psnr_se,
             "difference": {m: difference(measured[m], paper_values[m]) for m in metrics},
             "source": reported.source if reported else None, "note": note}
 
@@ -136,9 +145,10 @@ def comparison_rows(paper: Paper, measured: dict, counts: dict) -> list[dict]:
             reported = next((r for r in paper.reported if r.method == name and r.masks == kind and not r.variant),
                             None)
             info = measured.get(name, {})
-            means = (info.get("masks", {}).get(kind) or {}).get("means")
-            rows.append(compare_row(paper.metrics, name, kind, reported, means, images=counts.get(kind),
-                                    note=info.get("error", "")))
+            scored = info.get("masks", {}).get(kind) or {}
+            rows.append(compare_row(paper.metrics, name, kind, reported, scored.get("means"),
+                                    images=counts.get(kind), note=info.get("error", ""),
+                                    psnr_se=scored.get("psnr_se")))
         for reported in paper.reported:
             if reported.variant and reported.masks == kind:
                 rows.append(compare_row(paper.metrics, reported.method, kind, reported, None, reported.variant,
@@ -191,7 +201,8 @@ def score_paper(paper: Paper, config: ReproduceConfig, device, progress=None, co
         for kind, (items, _) in samples.items():
             torch.manual_seed(config.seed)  # stochastic methods score the same way every run
             rows, seconds, _ = score_method(entry, items, device, config.batch_size, progress=progress)
-            info["masks"][kind] = {"means": mean_metrics(rows), "seconds_per_image": seconds, "count": len(rows)}
+            info["masks"][kind] = {"means": mean_metrics(rows), "psnr_se": standard_error([r["psnr"] for r in rows]),
+                                   "seconds_per_image": seconds, "count": len(rows)}
             per_image += [{"paper": paper.key, "masks": kind, **row} for row in rows]
         entry.inpainter = None  # free the model before the next one loads
         measured[name] = info

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from facefill.fileio import write_text_atomic
 from facefill.papers import PAPER_KEYS
-from facefill.report.tables import format_value, markdown_table
+from facefill.report.tables import markdown_table
 
 SECTION_BEGIN = "<!-- facefill reproduce: begin (generated: `facefill reproduce` rewrites this section) -->"
 SECTION_END = "<!-- facefill reproduce: end -->"
@@ -39,8 +39,8 @@ def _images_line(result: dict) -> str:
             text += (f" (the {_count(counts['protocol_images'])} sharpest of {_count(counts['test_images'])} "
                      f"test faces)")
         if counts["scored"] < counts["protocol_images"]:
-            text += (f" — **sampled, {_count(counts['scored'])} images** (the first by file name of "
-                     f"{_count(counts['protocol_images'])})")
+            text += (f" — **sampled, {_count(counts['scored'])} images** (the first {_count(counts['scored'])} "
+                     f"of {_count(counts['protocol_images'])} by file name)")
         parts.append(text)
     return "; ".join(parts)
 
@@ -55,33 +55,35 @@ def _weights_cell(info: dict) -> str:
 
 
 def table_markdown(result: dict) -> str:
+    """The paper's numbers, facefill's and the difference per metric; facefill's alone for a
+    paper that reports none."""
     metrics = result["metrics"]
-    headers = ["method", "masks", "images"]
-    digits = [0, 0, 0]
+    with_paper = any(row["source"] for row in result["table"])
+    parts = ("paper", "facefill", "difference") if with_paper else ("facefill",)
+    headers, digits = ["method", "masks", "images"], [0, 0, 0]
     for metric in metrics:
         title = METRIC_TITLES[metric]
-        headers += [f"{title} paper", f"{title} facefill", f"Δ {title}"]
-        digits += [METRIC_DIGITS[metric]] * 3
-    headers.append("weights / note")
-    digits.append(0)
+        headers += [f"{title} paper", f"{title} facefill", f"Δ {title}"] if with_paper else [title]
+        digits += [METRIC_DIGITS[metric]] * len(parts)
+    headers += ["PSNR s.e.", "weights / note"]
+    digits += [2, 0]
     rows = []
     for row in result["table"]:
         name = f"{row['method']} ({row['variant']})" if row["variant"] else row["method"]
         cells = [name, row["masks"], row["images"] if row["images"] is not None else "–"]
-        for metric in metrics:
-            cells += [row["paper"][metric], row["facefill"][metric], row["difference"][metric]]
+        cells += [row[part][metric] for metric in metrics for part in parts]
         info = result["methods"].get(row["method"], {}) if not row["variant"] else {}
-        cells.append(row["note"] if row["note"] and (row["variant"] or "error" not in info)
-                     else _weights_cell(info))
+        cells += [row["psnr_se"], row["note"] if row["variant"] else _weights_cell(info)]
         rows.append(cells)
-    return markdown_table(headers, rows, digits, align=["l", "l", "r"] + ["r"] * 3 * len(metrics) + ["l"])
+    align = ["l", "l", "r"] + ["r"] * (len(parts) * len(metrics) + 1) + ["l"]
+    return markdown_table(headers, rows, digits, align=align).rstrip("\n")
 
 
 def _margin_line(result: dict) -> str:
     parts = []
     for kind, values in result.get("over_telea", {}).items():
-        shown = [f"{format_value(v, METRIC_DIGITS[m])} {METRIC_TITLES[m]}" for m, v in values.items()
-                 if v is not None]
+        shown = [f"{v:+.{METRIC_DIGITS[m]}f}{' dB' if m == 'psnr' else ''} {METRIC_TITLES[m]}"
+                 for m, v in values.items() if v is not None]
         if shown:
             parts.append(f"`{kind}` " + ", ".join(shown))
     return f"{result['method']} minus telea on the same images: " + "; ".join(parts) + "." if parts else ""
@@ -92,12 +94,16 @@ def paper_markdown(result: dict, info: dict, level: int = 3) -> str:
     sources = sorted({row["source"] for row in result["table"] if row["source"]})
     lines = [f"{'#' * level} {result['paper']}: {result['title']}", "",
              f"Paper's protocol: {result['protocol']}.", "",
-             f"facefill: the `{result['data_folder']}` test split at {result['size']} px, stored masks; images "
-             f"scored: {_images_line(result)}. Metrics as `facefill eval` computes them (PSNR and SSIM over "
-             f"the whole image with the known pixels kept, L2 % over the hole).", "",
+             f"facefill: the `{result['data_folder']}` test split at {result['size']} px with its stored "
+             f"masks; images scored: {_images_line(result)}. Metrics as `facefill eval` computes them: PSNR "
+             f"and SSIM over the whole image with the known pixels kept"
+             + (", L2 % the mean squared error over the hole in % of the value range" if "l2" in result["metrics"]
+                else "") + ".", "",
              table_markdown(result)]
     margin = _margin_line(result)
-    lines += ["Δ = facefill minus paper." + (f" {margin}" if margin else "")]
+    with_paper = any(row["source"] for row in result["table"])
+    lines += [" ".join(part for part in ("Δ = facefill minus paper." if with_paper else "",
+                                         "PSNR s.e.: the standard error of facefill's mean PSNR.", margin) if part)]
     lines += [f"{note}" for note in result.get("notes", [])]
     if sources:
         lines += ["Paper numbers: " + "; ".join(sources) + "."]
