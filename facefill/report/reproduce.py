@@ -108,15 +108,20 @@ def paper_markdown(result: dict, info: dict, level: int = 3) -> str:
     if sources:
         lines += ["Paper numbers: " + "; ".join(sources) + "."]
     lines += [f"Measured {info['date'][:10]} on {info['device']} with {info['threads']} thread(s): "
-              f"{result['wall_seconds']:.0f} s, seed {info['seed']}"
+              f"{_seconds(result)}, seed {info['seed']}"
               + (", bf16 autocast" if info.get("amp") else "") + "."]
     return "\n\n".join(line for line in lines if line != "") + "\n"
+
+
+def _seconds(timed: dict) -> str:
+    """Wall-clock and CPU time: far apart when other processes share the CPU."""
+    return f"{timed['wall_seconds']:.0f} s wall clock ({timed['cpu_seconds']:.0f} s of CPU time)"
 
 
 def report_markdown(summary: dict) -> str:
     """The report folder's README.md: every paper's block, then the failures."""
     lines = ["# facefill reproduce", "", SECTION_INTRO, "",
-             f"Total {summary['wall_seconds']:.0f} s on {summary['device']} with {summary['threads']} thread(s).", ""]
+             f"Total {_seconds(summary)} on {summary['device']} with {summary['threads']} thread(s).", ""]
     lines += [paper_markdown(result, summary, level=2) for result in summary["papers"]]
     if summary["failures"]:
         lines += ["## Not run", ""] + [f"- {f['paper']}: {f['error']}" for f in summary["failures"]]
