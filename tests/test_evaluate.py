@@ -395,3 +395,26 @@ def test_amp_reaches_every_method_and_the_report(tiny_dataset, tmp_path):
 
     entries = resolve_methods(EvalConfig(methods=("telea",), amp=True), torch.device("cpu"), 32)
     assert [entry.inpainter.amp for entry in entries] == [True]
+
+
+def test_card_metrics_record_sharpness_and_write_nan_as_null(tiny_dataset, tmp_path, monkeypatch):
+    """export's card: sharpness beside PSNR and SSIM; NaN (holes too thin to measure) as null."""
+    from PIL import Image
+
+    from facefill.checkpoint import export_weights
+    from facefill.engine.train import evaluate_weights
+    from facefill.registry import create_method
+
+    monkeypatch.chdir(tmp_path)                       # evaluate_weights writes reports/ here
+    weights = tmp_path / "tiny.pt"
+    export_weights(create_method("ffc-unet-gan", size=32, base_channels=4, max_channels=16, ffc_blocks=1).eval(),
+                   weights, {"size": 32})
+    thin = np.zeros((32, 32), np.uint8)
+    thin[4:28, 14:17] = 255                           # 3 px wide: nothing left after the 2 px erosion
+    (tiny_dataset / "masks" / "thin").mkdir()
+    for mask in (tiny_dataset / "masks" / "center").iterdir():
+        Image.fromarray(thin).save(tiny_dataset / "masks" / "thin" / mask.name)
+    metrics = evaluate_weights(weights, tiny_dataset, ("center", "thin"))
+    assert 0 <= metrics["center"]["sharpness"] < 5 and metrics["center"]["psnr"] > 0
+    assert metrics["thin"]["sharpness"] is None and metrics["thin"]["psnr"] > 0
+    json.dumps(metrics, allow_nan=False)
