@@ -322,3 +322,51 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
                                batch_size=batch_size, amp=amp)
 
     _run(run_bench, _run(build))
+
+
+@main.command()
+@click.option("--paper", default="all", show_default=True,
+              help="two-stage, dense-gan, ddpm-ffc, wgan, glcic, or all (comma-separated for several).")
+@click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Prepared data sets (data128, data64, datahq256); a missing one is prepared here from "
+                   "--shared.")
+@click.option("--data", "data", multiple=True, metavar="SET=PATH",
+              help="Use this prepared folder for a data set, e.g. --data data128=/work/data/data128 (repeatable).")
+@click.option("--shared", type=click.Path(file_okay=False),
+              help="Raw face data to prepare missing sets from.  [default: ../shared/data beside the repository]")
+@click.option("--limit", type=int, help="Score at most N images per paper and mask kind (default: each "
+                                        "paper's own sample for slow methods, else the whole test split).")
+@click.option("--report", default="reports/reproduce", show_default=True, help="Report folder.")
+@click.option("--results", type=click.Path(dir_okay=False),
+              help="Markdown file whose generated section gets the tables.  [default: weights/RESULTS.md]")
+@click.option("--no-results", is_flag=True, help="Write only the report folder.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@amp_option
+@click.option("--seed", default=0, show_default=True)
+def reproduce(paper, data_root, data, shared, limit, report, results, no_results, device, batch_size, amp, seed):
+    """Run each seed paper's protocol on the shipped weights and put facefill's numbers beside
+    the paper's, with the difference: report folder (Markdown, JSON) and weights/RESULTS.md.
+
+    \b
+    Example:
+      facefill reproduce --paper all --data-root /work/data
+    """
+    from facefill.engine.reproduce import run_reproduce
+    from facefill.papers import select_papers
+
+    def build():
+        papers = tuple(p.key for p in select_papers(paper))
+        overrides = []
+        for item in data:
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"--data expects SET=PATH, got {item!r}")
+            overrides.append((name.strip(), path.strip()))
+        return cfg.ReproduceConfig(papers=papers, data_root=data_root, data=tuple(overrides), shared=shared,
+                                   limit=limit, report=report, results="" if no_results else results,
+                                   device=device, batch_size=batch_size, amp=amp, seed=seed)
+
+    summary = _run(run_reproduce, _run(build))
+    if summary["failures"]:
+        sys.exit(1)

@@ -91,6 +91,21 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class ReproduceConfig:
+    papers: tuple[str, ...] = ("all",)  # facefill.papers keys, or "all"
+    data_root: str = "data"            # prepared sets live (or are prepared) here
+    data: tuple[tuple[str, str], ...] = ()  # (data set key or folder name, path) overrides
+    shared: str | None = None          # raw data; default <repo>/../shared/data
+    limit: int | None = None           # images per paper and mask kind; default: each paper's sample
+    report: str = "reports/reproduce"
+    results: str | None = None         # RESULTS.md whose generated section is rewritten; "" = none
+    device: str = "auto"
+    batch_size: int = 16
+    amp: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     method: str
     data: str = "data128"

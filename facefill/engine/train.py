@@ -415,7 +415,8 @@ def evaluate_weights(weights, data, mask_kinds, amp: bool = False) -> dict:
         result = run_eval(EvalConfig(data=str(data), masks=kind, methods=(), weights=(str(weights),),
                                      report=str(report), amp=amp))
         (name, entry), = result["methods"].items()
-        metrics[kind] = {**{k: round(v, 4) for k, v in entry["means"].items()}, "count": result["count"],
+        means = {k: round(v, 4) if math.isfinite(v) else None for k, v in entry["means"].items()}  # JSON has no NaN
+        metrics[kind] = {**means, "count": result["count"],
                          "data": str(data), "split": "test", **({"amp": "bf16"} if amp else {})}
     return metrics
 
