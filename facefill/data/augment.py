@@ -10,12 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from facefill.data.dataset import MIX_KINDS, TrainingImages, epoch_order
-from facefill.data.masks import MASK_KINDS, make_masks_torch
+from facefill.data.masks import DEFAULT_AREAS, MASK_KINDS, make_mask, make_masks_torch
 
 SCALE_RANGE = (0.8, 1.25)     # face size within the crop (log-uniform)
 SHIFT = 0.1                   # translation, a fraction of the side either way
 JITTER = 0.1                  # brightness, contrast and saturation factors in [1 - J, 1 + J]
 TRAIN_MASK_KINDS = MASK_KINDS + ("mix",)
+# Stroke masks are drawn once into a bank on the device and each batch takes bank masks under a
+# random flip, transpose and (wrap-around) shift: drawing strokes every step would cost more than
+# the step itself. The bank is built by the torch generator on CUDA, by the numpy one elsewhere.
+BANK_SIZE = {"cuda": 8192}
+BANK_SIZE_OTHER = 512
+BANK_CHUNK = 256
 
 
 def check_mask_kind(kind: str) -> None:
@@ -65,17 +71,53 @@ def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 
 def draw_masks(kind: str, generator: torch.Generator, batch: int, size: int, device,
-               labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Bx1xSxS float masks (1 = hole); ``mix`` draws each sample's kind from MIX_KINDS."""
+               labels: torch.Tensor | None = None, banks: dict | None = None) -> torch.Tensor:
+    """Bx1xSxS float masks (1 = hole); ``mix`` draws each sample's kind from MIX_KINDS; stroke
+    kinds come from ``banks[kind]`` when given (see ``build_mask_bank``)."""
     if kind == "mix":
         choice = torch.randint(len(MIX_KINDS), (batch,), generator=generator, device=device)
         masks = torch.zeros(batch, size, size, dtype=torch.bool, device=device)
         for number, name in enumerate(MIX_KINDS):
             masks = torch.where((choice == number)[:, None, None],
-                                make_masks_torch(name, generator, batch, size, device), masks)
+                                draw_masks(name, generator, batch, size, device, banks=banks)[:, 0] > 0, masks)
+    elif banks and kind in banks:
+        masks = from_bank(banks[kind], generator, batch)
     else:
         masks = make_masks_torch(kind, generator, batch, size, device, labels)
     return masks[:, None].float()
+
+
+def bank_kinds(kind: str) -> tuple[str, ...]:
+    kinds = MIX_KINDS if kind == "mix" else (kind,)
+    return tuple(k for k in kinds if k in DEFAULT_AREAS)
+
+
+def build_mask_bank(kind: str, count: int, size: int, device, generator: torch.Generator) -> torch.Tensor:
+    """``count`` stroke masks of ``kind`` (count x S x S bool) on ``device``."""
+    if device.type == "cuda":
+        chunks = [make_masks_torch(kind, generator, min(BANK_CHUNK, count - start), size, device)
+                  for start in range(0, count, BANK_CHUNK)]
+        return torch.cat(chunks)
+    seeds = torch.randint(2 ** 62, (count,), generator=generator, device=device).tolist()
+    masks = np.stack([make_mask(kind, np.random.default_rng(seed), size) for seed in seeds])
+    return torch.from_numpy(masks).to(device)
+
+
+def from_bank(bank: torch.Tensor, generator: torch.Generator, batch: int) -> torch.Tensor:
+    """``batch`` bank masks, each flipped, transposed and shifted (wrapping round) at random."""
+    device, size = bank.device, bank.shape[-1]
+    index = torch.randint(len(bank), (batch,), generator=generator, device=device)
+    masks = bank[index]
+    flips = torch.rand(batch, 3, generator=generator, device=device) < 0.5
+    masks = torch.where(flips[:, 0, None, None], masks.transpose(1, 2), masks)
+    masks = torch.where(flips[:, 1, None, None], masks.flip(1), masks)
+    masks = torch.where(flips[:, 2, None, None], masks.flip(2), masks)
+    shift = torch.randint(size, (batch, 2), generator=generator, device=device)
+    lines = torch.arange(size, device=device)
+    rows = (lines[None] - shift[:, :1]) % size                                   # B, S
+    cols = (lines[None] - shift[:, 1:]) % size
+    masks = masks.gather(1, rows[:, :, None].expand(batch, size, size))
+    return masks.gather(2, cols[:, None, :].expand(batch, size, size))
 
 
 class DeviceBatches:
@@ -98,6 +140,9 @@ class DeviceBatches:
         self.steps_per_epoch = len(self.images) // (batch_size * world)
         self.generator = torch.Generator(device=device).manual_seed(seed + rank)
         self._epoch, self._order = None, None
+        count = BANK_SIZE.get(device.type, BANK_SIZE_OTHER)
+        self.banks = {kind: build_mask_bank(kind, count, self.size, device, self.generator)
+                      for kind in bank_kinds(mask_kind)}
 
     def order(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
@@ -117,7 +162,7 @@ class DeviceBatches:
         images = self.images[index].permute(0, 3, 1, 2).float().div(255.0)
         labels = self._labels(index) if self.kind in ("sunglasses", "surgical-mask") else None
         images, labels = augment(images, self.generator, labels, frame=self.frame, colour=self.colour)
-        masks = draw_masks(self.kind, self.generator, len(index), self.size, self.device, labels)
+        masks = draw_masks(self.kind, self.generator, len(index), self.size, self.device, labels, self.banks)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.contiguous(memory_format=torch.channels_last)
