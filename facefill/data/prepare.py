@@ -44,7 +44,7 @@ DETECT_MAX_SIDE = 640             # detection runs on a copy no larger than this
 DETECT_RAISE = 0.1                # ... and its centre moved up by this fraction of its height
 MIN_SIDE = 8                      # smaller images are skipped
 PACK_FORMAT = "npz shards: stems (str), offsets (int64), bytes (uint8: the WebP images end to end)"
-SHARD_OVERHEAD = 64 * 1024       # room kept in each shard for the zip and array headers
+SHARD_OVERHEAD = 4096              # room kept in each shard for the zip and array headers
 MAX_WARNINGS = 10                 # per-file crop notes logged (all go to the manifest)
 NO_DETECTOR = ("this OpenCV has no Haar face detector (cv2.CascadeClassifier, removed in OpenCV 5); "
                "every image uses the centre square")
