@@ -313,10 +313,16 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--batch-size", default=32, show_default=True, help="--sweep: images per batch.")
 @click.option("--out", default="reports/bench.json", show_default=True,
               help="JSON results; with --sweep also a Markdown table beside it (.md).")
+@click.option("--train", "train_mode", is_flag=True,
+              help="Training throughput instead: images/s, step time, peak memory and the fraction of the "
+                   "device's measured bf16 matmul peak, per trainable method (--methods; default all) and "
+                   "--batch-sizes, at --size; --repeat timed steps.")
+@click.option("--train-masks", default="center", show_default=True, help="--train: mask kind.")
+@click.option("--compile", is_flag=True, help="--train: torch.compile the networks.")
 @amp_option
 @click.option("--seed", default=0, show_default=True)
 def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, sweep, data, masks,
-          limit, batch_size, out, amp, seed):
+          limit, batch_size, out, train_mode, train_masks, compile, amp, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
     or, with --sweep, speed against quality over sampling settings.
 
@@ -330,12 +336,15 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
         sizes = tuple(int(b) for b in cfg.split_list(batch_sizes))
         if methods is not None:
             names = cfg.split_list(methods)
+        elif train_mode:  # every trainable method
+            names = ()
         else:  # the default methods, or only the weights files when some are given
             names = () if weights else cfg.BenchConfig.methods
         settings = parse_sweep(sweep) if sweep is not None else ()
         return cfg.BenchConfig(methods=names, weights=tuple(weights), size=size, batch_sizes=sizes,
                                device=device, repeat=repeat, warmup=warmup, pipeline_images=pipeline_images,
                                out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
-                               batch_size=batch_size, amp=amp)
+                               batch_size=batch_size, amp=amp, train=train_mode, train_masks=train_masks,
+                               compile=compile)
 
     _run(run_bench, _run(build))

@@ -83,7 +83,10 @@ class BenchConfig:
     masks: str = "center"              # --sweep: stored mask kind in DATA/masks/
     limit: int = 256                   # --sweep: the first N test images
     batch_size: int = 32               # --sweep: images per filling batch
-    amp: bool = False                  # bf16 autocast while filling
+    amp: bool = False                  # bf16 autocast while filling (training steps with --train)
+    train: bool = False                # training throughput of trainable methods instead
+    train_masks: str = "center"        # --train: mask kind drawn on the device
+    compile: bool = False              # --train: torch.compile the networks
 
 
 @dataclass(frozen=True)
