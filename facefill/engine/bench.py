@@ -51,8 +51,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from facefill.config import BenchConfig
+from facefill.data.augment import DeviceBatches, check_mask_kind
+from facefill.data.dataset import TrainingImages
+from facefill.registry import create_method, get_method_class, list_methods
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -280,8 +284,6 @@ def parse_sweep(values) -> tuple[str, ...]:
 
 def _validate(config: BenchConfig) -> None:
     if config.train:
-        from facefill.data.augment import check_mask_kind
-
         check_mask_kind(config.train_masks)
         trainable_names(config.methods)
     elif not config.methods and not config.weights:
@@ -502,8 +504,6 @@ def matmul_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int | N
 
 
 def trainable_names(names) -> tuple[str, ...]:
-    from facefill.registry import get_method_class, list_methods
-
     if not names:
         return tuple(n for n in list_methods() if get_method_class(n).trainable)
     refused = [n for n in names if not get_method_class(n).trainable]
@@ -516,12 +516,6 @@ def time_training(name: str, config: BenchConfig, device: torch.device, batch_si
     """Training steps of ``name`` (default settings at ``config.size``) as ``facefill train`` runs
     them: a synthetic set held on the device, batches, augmentation and masks made there, bf16
     autocast with ``amp``, channels_last on CUDA, ``compile`` if asked."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from facefill.data.augment import DeviceBatches
-    from facefill.data.dataset import TrainingImages
-    from facefill.registry import create_method
-
     torch.manual_seed(config.seed)
     method = create_method(name, size=config.size).to(device)
     channels_last = device.type == "cuda"
