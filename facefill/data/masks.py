@@ -396,6 +396,20 @@ GPU_STROKE_ROUNDS = 48        # stroke attempts per mask; those still short of `
 HULL_DIRECTIONS = 8
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: str, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor made once per device (no host-to-device copy inside a step)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_on(shape: str, height: int, width: int, device: str) -> torch.Tensor:
+    """A geometric occluder or the centre box as an HxW bool tensor on ``device``, made once."""
+    draw = {"eyes": _geometric_eyes, "lower": _geometric_lower,
+            "center": lambda h, w: _center(None, h, w)}[shape]
+    return torch.from_numpy(draw(height, width)).to(device)
+
+
 def _uniform(generator, shape, low, high, device):
     """Uniform in [low, high); low/high may be tensors broadcasting to ``shape``."""
     return low + (high - low) * torch.rand(shape, generator=generator, device=device)
@@ -407,9 +421,8 @@ def _grid(height: int, width: int, device):
     return xs, ys
 
 
-def center_masks_torch(batch: int, height: int, width: int, device, fraction: float = 0.5):
-    mask = torch.from_numpy(_center(None, height, width, fraction=fraction)).to(device)
-    return mask.expand(batch, height, width).clone()
+def center_masks_torch(batch: int, height: int, width: int, device):
+    return _shape_on("center", height, width, str(device)).expand(batch, height, width).clone()
 
 
 def random_box_masks_torch(generator, batch: int, height: int, width: int, device,
@@ -429,8 +442,8 @@ BRUSH_NAMES = ("thin", "medium", "thick")
 
 def _brush_table(device):
     """(3, 6) brush ranges in BRUSH_NAMES order: width lo/hi, length lo/hi, vertices lo/hi."""
-    rows = [[*BRUSHES[b]["width"], *BRUSHES[b]["length"], *BRUSHES[b]["vertices"]] for b in BRUSH_NAMES]
-    return torch.tensor(rows, dtype=torch.float32, device=device)
+    rows = tuple(tuple([*BRUSHES[b]["width"], *BRUSHES[b]["length"], *BRUSHES[b]["vertices"]]) for b in BRUSH_NAMES)
+    return _constant(rows, str(device))
 
 
 def _one_stroke(generator, table, scale, height, width, xs, ys):
@@ -509,7 +522,7 @@ def _stroke_kind_torch(kind, generator, batch, height, width, device):
                   for b in BRUSH_NAMES]
     else:
         ranges = [area] * 3
-    areas = torch.tensor(ranges, device=device)[brushes]
+    areas = _constant(tuple(ranges), str(device))[brushes]
     return stroke_masks_torch(generator, brushes, areas, height, width)
 
 
@@ -531,8 +544,9 @@ def _dilate_torch(mask: torch.Tensor, fraction: float) -> torch.Tensor:
     radius = max(1, round(fraction * min(mask.shape[-2:]))) if fraction > 0 else 0
     if radius == 0:
         return mask
-    disk = torch.from_numpy(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)).float()
-    out = F.conv2d(mask[:, None].float(), disk.to(mask.device)[None, None], padding=radius)
+    disk = _constant(tuple(map(tuple, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2).tolist())),
+                     str(mask.device))
+    out = F.conv2d(mask[:, None].float(), disk[None, None], padding=radius)
     return out[:, 0] > 0.5
 
 
@@ -541,11 +555,10 @@ def _rows_and_cols(mask):
     batch, height, width = mask.shape
     xs, ys = _grid(height, width, mask.device)
     ys, xs = ys.expand_as(mask), xs.expand_as(mask)
-    big = torch.tensor(1e9, device=mask.device)
-    top = torch.where(mask, ys, big).flatten(1).amin(1)
-    bottom = torch.where(mask, ys, -big).flatten(1).amax(1)
-    left = torch.where(mask, xs, big).flatten(1).amin(1)
-    right = torch.where(mask, xs, -big).flatten(1).amax(1)
+    top = torch.where(mask, ys, 1e9).flatten(1).amin(1)
+    bottom = torch.where(mask, ys, -1e9).flatten(1).amax(1)
+    left = torch.where(mask, xs, 1e9).flatten(1).amin(1)
+    right = torch.where(mask, xs, -1e9).flatten(1).amax(1)
     return top, bottom, left, right
 
 
@@ -567,8 +580,8 @@ def sunglasses_masks_torch(labels: torch.Tensor, dilate: float = 0.015) -> torch
     batch, height, width = labels.shape
     device = labels.device
     xs, _ = _grid(height, width, device)
-    parts = torch.isin(labels, torch.tensor(EYE_PARTS, device=device, dtype=labels.dtype))
-    eyes = torch.isin(labels, torch.tensor((L_EYE, R_EYE, EYEGLASSES), device=device, dtype=labels.dtype))
+    parts = torch.isin(labels, _constant(EYE_PARTS, str(device), labels.dtype))
+    eyes = torch.isin(labels, _constant((L_EYE, R_EYE, EYEGLASSES), str(device), labels.dtype))
 
     def mean_x(mask):
         return (mask * xs).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
@@ -596,7 +609,7 @@ def sunglasses_masks_torch(labels: torch.Tensor, dilate: float = 0.015) -> torch
               & (xs_b >= a_right[:, None, None]) & (xs_b <= b_left[:, None, None]))
     canvas |= bridge & (b_left > a_right)[:, None, None]
     result = _dilate_torch(canvas, dilate)
-    fallback = torch.from_numpy(_geometric_eyes(height, width)).to(device)
+    fallback = _shape_on("eyes", height, width, str(device))
     return torch.where(_enough(parts, height, width)[:, None, None], result, fallback)
 
 
@@ -605,14 +618,14 @@ def surgical_masks_torch(labels: torch.Tensor, dilate: float = 0.015) -> torch.T
     batch, height, width = labels.shape
     device = labels.device
     _, ys = _grid(height, width, device)
-    core = torch.isin(labels, torch.tensor(LOWER_PARTS, device=device, dtype=labels.dtype))
+    core = torch.isin(labels, _constant(LOWER_PARTS, str(device), labels.dtype))
     nose = labels == NOSE
     top = torch.where(nose.flatten(1).any(1), _rows_and_cols(nose)[0], _rows_and_cols(core)[0])
-    eyes = torch.isin(labels, torch.tensor((L_EYE, R_EYE), device=device, dtype=labels.dtype))
+    eyes = torch.isin(labels, _constant((L_EYE, R_EYE), str(device), labels.dtype))
     top = torch.where(eyes.flatten(1).any(1), torch.maximum(top, _rows_and_cols(eyes)[1] + 1), top)
     region = core | ((labels == SKIN) & (ys[None] >= top[:, None, None]))
     result = _dilate_torch(hull_fill(region), dilate)
-    fallback = torch.from_numpy(_geometric_lower(height, width)).to(device)
+    fallback = _shape_on("lower", height, width, str(device))
     return torch.where(_enough(core, height, width)[:, None, None], result, fallback)
 
 
@@ -629,8 +642,8 @@ def make_masks_torch(kind: str, generator: torch.Generator, batch: int, size: Si
         return _stroke_kind_torch(kind, generator, batch, height, width, device)
     if kind in ("sunglasses", "surgical-mask"):
         if labels is None:
-            shape = _geometric_eyes if kind == "sunglasses" else _geometric_lower
-            return torch.from_numpy(shape(height, width)).to(device).expand(batch, height, width).clone()
+            shape = _shape_on("eyes" if kind == "sunglasses" else "lower", height, width, str(device))
+            return shape.expand(batch, height, width).clone()
         return (sunglasses_masks_torch if kind == "sunglasses" else surgical_masks_torch)(labels)
     raise ValueError(f"unknown mask kind {kind!r}; known kinds: {', '.join(MASK_KINDS)}")
 
