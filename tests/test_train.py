@@ -302,3 +302,14 @@ def test_init_from_weights_starts_from_the_generator_with_fresh_optimisers(tiny_
     with pytest.raises(ValueError, match="does not fit"):
         Trainer(config(tiny_dataset, tmp_path / "c", steps=1, init_from=str(weights),
                        method_settings=tuple({**TINY["dense-gan"], "base_channels": 16}.items())))
+
+
+def test_resume_is_exact_with_device_side_masks_and_augmentation(tiny_dataset, tmp_path):
+    values = dict(masks="mix", augment=True, steps=6)
+    whole = train(config(tiny_dataset, tmp_path / "whole", **values))
+    train(config(tiny_dataset, tmp_path / "parts", **{**values, "steps": 3}))
+    resumed = train(config(tiny_dataset, tmp_path / "parts", resume=True, **values))
+    a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert torch.equal(a["batches"]["generator"], b["batches"]["generator"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
