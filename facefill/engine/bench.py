@@ -503,6 +503,18 @@ def matmul_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int | N
     return 2 * size ** 3 / best / 1e12
 
 
+def count_flops(function) -> int | None:
+    """FLOPs torch's FlopCounterMode sees in ``function()``; None where it cannot follow the step
+    (it fails on double backward, e.g. wgan's gradient penalty)."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            function()
+    except RuntimeError as error:
+        log.warning("FLOPs not counted: %s", str(error).splitlines()[0])
+        return None
+    return counter.get_total_flops()
+
+
 def trainable_names(names) -> tuple[str, ...]:
     if not names:
         return tuple(n for n in list_methods() if get_method_class(n).trainable)
@@ -538,9 +550,7 @@ def time_training(name: str, config: BenchConfig, device: torch.device, batch_si
 
     for number in range(max(1, config.warmup)):
         step(number)
-    with FlopCounterMode(display=False) as counter:
-        step(0)
-    flops = counter.get_total_flops()
+    flops = count_flops(lambda: step(0))
     _synchronize(device)
     times = []
     with PeakMemory(device) as peak:
@@ -561,7 +571,8 @@ def time_training(name: str, config: BenchConfig, device: torch.device, batch_si
             "masks": config.train_masks, "steps": config.repeat,
             "images_per_s": batch_size * len(times) / sum(times), "step_ms_median": 1000 * step_s,
             "step_ms_min": 1000 * min(times), "data_ms_median": 1000 * data_s, "data_share": data_s / step_s,
-            "gflop_per_step": flops / 1e9, "achieved_tflops": flops / step_s / 1e12,
+            "gflop_per_step": flops / 1e9 if flops else None,
+            "achieved_tflops": flops / step_s / 1e12 if flops else None,
             "parameters": sum(p.numel() for p in method.parameters()), **peak.fields()}
 
 
@@ -572,10 +583,11 @@ def run_train_bench(config: BenchConfig, device: torch.device, console) -> list[
         for batch_size in config.batch_sizes:
             with console.status(f"{name}: training at batch {batch_size}, {config.size} px"):
                 row = time_training(name, config, device, batch_size)
+            achieved = row["achieved_tflops"]
             row["peak_bf16_tflops"], row["peak_fp32_tflops"] = peaks["bf16"], peaks["fp32"]
-            row["fraction_of_bf16_peak"] = row["achieved_tflops"] / peaks["bf16"]
+            row["fraction_of_bf16_peak"] = achieved / peaks["bf16"] if achieved else None
             row["peak_dtype"] = "bf16" if config.amp else "fp32"  # the dtype the step's matmuls ran in
-            row["fraction_of_peak"] = row["achieved_tflops"] / peaks[row["peak_dtype"]]
+            row["fraction_of_peak"] = achieved / peaks[row["peak_dtype"]] if achieved else None
             rows.append(row)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -596,8 +608,9 @@ def _print_train_table(console, result: dict) -> None:
     for index, (title, _) in enumerate(columns):
         table.add_column(title, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in result["train"]:
+        share = None if row["fraction_of_peak"] is None else 100 * row["fraction_of_peak"]
         values = [row["method"], row["size"], row["batch_size"], row["images_per_s"], row["step_ms_median"],
-                  row["data_ms_median"], row["gflop_per_step"], 100 * row["fraction_of_peak"], row["cuda_peak_mb"]]
+                  row["data_ms_median"], row["gflop_per_step"], share, row["cuda_peak_mb"]]
         table.add_row(*[str(v) if d is None or v is None else format_value(v, d) for v, (_, d) in zip(values, columns)])
     console.print(table)
 
