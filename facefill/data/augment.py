@@ -34,15 +34,25 @@ def augment(images: torch.Tensor, generator: torch.Generator, labels: torch.Tens
     """Random flips, and with ``frame`` a random scale and shift of the face (reflected border),
     and with ``colour`` mild colour jitter, for a float batch Bx3xHxW in [0, 1]; ``labels``
     (B, H, W parsing maps) get the same flip and warp (nearest, background outside)."""
-    batch, device = len(images), images.device
-    flip = torch.rand(batch, generator=generator, device=device) < 0.5
-    sign = torch.where(flip, -1.0, 1.0)
+    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
     if frame:
-        low, high = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
-        scale = torch.exp(low + (high - low) * torch.rand(batch, generator=generator, device=device))
-        shift = (torch.rand(batch, 2, generator=generator, device=device) * 2 - 1) * SHIFT * 2
-    else:
-        scale, shift = torch.ones(batch, device=device), torch.zeros(batch, 2, device=device)
+        images, labels = _reframe(images, labels, flip, generator)
+    else:  # flips alone: no resampling
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if labels is not None:
+            labels = torch.where(flip[:, None, None], labels.flip(-1), labels)
+    if colour:
+        images = colour_jitter(images, generator)
+    return images, labels
+
+
+def _reframe(images, labels, flip, generator):
+    """A random scale and shift of each face (and its flip) by one affine resampling."""
+    batch, device = len(images), images.device
+    sign = torch.where(flip, -1.0, 1.0)
+    low, high = math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])
+    scale = torch.exp(low + (high - low) * torch.rand(batch, generator=generator, device=device))
+    shift = (torch.rand(batch, 2, generator=generator, device=device) * 2 - 1) * SHIFT * 2
     # output pixel p samples input at (p - shift) / scale, x mirrored when flipped
     theta = torch.zeros(batch, 2, 3, device=device)
     theta[:, 0, 0] = sign / scale
@@ -54,8 +64,6 @@ def augment(images: torch.Tensor, generator: torch.Generator, labels: torch.Tens
     if labels is not None:
         labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                align_corners=False)[:, 0].to(torch.uint8)
-    if colour:
-        images = colour_jitter(images, generator)
     return images, labels
 
 

@@ -132,13 +132,20 @@ class RunFolder:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
-    def newest_readable(self, map_location="cpu") -> tuple[Path | None, dict | None]:
-        """The newest checkpoint that loads; each unreadable newer one is named in a warning."""
+    def newest_readable(self, map_location="cpu", report: bool = True) -> tuple[Path | None, dict | None]:
+        """The newest checkpoint that loads; with ``report``, each unreadable newer one is named in a
+        warning, and a run left without one (a kill during its first write) is said to start over."""
         for path in reversed(self.checkpoints()):
             try:
                 return path, load_checkpoint(path, map_location=map_location)
             except WeightsError as error:
-                log.warning("%s; trying the previous checkpoint", error)
+                if report:
+                    log.warning("%s; trying the previous checkpoint", error)
+        if report:
+            self._report_no_checkpoint()
+        return None, None
+
+    def _report_no_checkpoint(self) -> None:
         unfinished = sorted(p.name for p in self.path.glob(".ckpt-*.tmp*"))
         if unfinished:
             log.warning("%s: no complete checkpoint to resume from (an interrupted checkpoint write left %s); "
@@ -147,7 +154,6 @@ class RunFolder:
                 (self.path / name).unlink(missing_ok=True)
         elif self.path.is_dir() and (self.path / "log.jsonl").exists():
             log.warning("%s: no checkpoint to resume from; starting again from step 0", self.path)
-        return None, None
 
     def save(self, state: dict, step: int) -> Path:
         path = self.path / f"ckpt-{step:07d}.pt"
@@ -192,7 +198,7 @@ def check_train_config(config: TrainConfig) -> None:
 def stored_settings(out) -> dict:
     """The train settings (``method`` and ``method_settings`` included) of the run folder's newest
     readable checkpoint; ``{}`` when it has none. ``--resume`` starts from these."""
-    path, state = RunFolder(out, keep_last=1).newest_readable()
+    path, state = RunFolder(out, keep_last=1).newest_readable(report=False)
     if state is None:
         return {}
     settings = dict(state.get("train_config") or {})
