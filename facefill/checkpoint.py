@@ -83,6 +83,8 @@ def _read_parts(path: Path) -> io.BytesIO:
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """A checkpoint or weights file (whole, or a parts index with its parts) with weights_only."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file (0 bytes), not a facefill weights file or checkpoint")
     source = path
     try:
         with open(path, "rb") as stream:
@@ -128,20 +130,53 @@ def load_weights(path, device="cpu"):
     return method_from_payload(load_checkpoint(path), path, device)
 
 
-def method_from_payload(payload, path, device="cpu"):
-    """The method a loaded weights file describes; ``path`` names it in errors and records."""
+def check_payload(payload, path) -> type:
+    """The method class of a loaded weights file, or a one-line WeightsError naming ``path``."""
     if not isinstance(payload, dict) or "method" not in payload or "state_dict" not in payload:
         raise WeightsError(f"{path}: not a facefill weights file (no method/state_dict)")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise WeightsError(f"{path}: written by a newer facefill (format {payload['format_version']})")
-    cls = get_method_class(payload["method"])
-    config = config_from_dict(payload["method"], payload.get("config", {}))
-    method = cls(config)
-    method.load_export_state(payload["state_dict"])
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise WeightsError(f"{path}: format_version {version!r} is not a number")
+    if version > FORMAT_VERSION:
+        raise WeightsError(f"{path}: written by a newer facefill (format {version})")
+    name = payload["method"]
+    if not isinstance(name, str):
+        raise WeightsError(f"{path}: method {name!r} is not a method name")
+    try:
+        cls = get_method_class(name)
+    except KeyError as error:
+        raise WeightsError(f"{path}: {error}") from None
+    if not cls.trainable:
+        raise WeightsError(f"{path}: method {name!r} has no weights to load (use --method {name})")
+    if not isinstance(payload.get("config", {}), dict) or not isinstance(payload["state_dict"], dict):
+        raise WeightsError(f"{path}: config and state_dict must be dicts")
+    return cls
+
+
+def method_from_payload(payload, path, device="cpu"):
+    """The method a loaded weights file describes; ``path`` names it in errors and records."""
+    cls = check_payload(payload, path)
+    try:
+        config = config_from_dict(payload["method"], payload.get("config", {}))
+        method = cls(config)
+    except Exception as error:  # a setting of the wrong type or value
+        raise WeightsError(f"{path}: its config cannot build {payload['method']!r} "
+                           f"({_first_line(error)})") from None
+    try:
+        method.load_export_state(payload["state_dict"])
+    except Exception as error:  # missing keys, shapes that differ from the config's networks
+        raise WeightsError(f"{path}: its state_dict does not match its config "
+                           f"({_first_line(error)})") from None
     method.eval()
     method.weights_meta = payload.get("meta", {})
     method.weights_path = str(path)
     return method.to_device(torch.device(device))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    detail = next((line.strip() for line in text[1:] if line.strip()), "") if len(text) > 1 else ""
+    return f"{error.__class__.__name__}: {text[0] if text else ''}{' ' + detail if detail else ''}"[:300]
 
 
 def config_from_dict(name: str, values: dict):

@@ -227,8 +227,8 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
 
 
 @main.command()
-@click.argument("input_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.argument("input_dir", metavar="IN", type=click.Path(exists=True))
+@click.argument("output_dir", metavar="OUT", type=click.Path(file_okay=False))
 @click.option("--method", help="Method name; default: the best shipped learned method, else telea.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="A weights file (.pt).")
 @click.option("--mask-dir", type=click.Path(exists=True, file_okay=False),
@@ -245,19 +245,33 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
 @sampler_option
 @amp_option
 @click.option("--summary", type=click.Path(dir_okay=False), help="JSON summary path [default: OUT/summary.json].")
+@click.option("--ext", type=click.Choice(["same", "png", "jpg", "webp"]), default="same", show_default=True,
+              help="Output format; same: the input's (PNG for formats not written back).")
+@click.option("--suffix", default="", help="Added to each output's stem, e.g. _filled.")
+@click.option("--quality", type=click.IntRange(1, 100),
+              help="JPEG and WebP quality [default: JPEG 95, WebP lossless].")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
+              help="Refuse larger images (width x height, read from the header before decoding).")
 @click.option("--seed", default=0, show_default=True)
 def inpaint(**options):
-    """Fill every image in INPUT_DIR and write the results to OUTPUT_DIR.
+    """Fill every image in IN (a folder, or one image file) and write the results to OUT.
 
     Masks come from <stem>_mask.png beside each image, --mask-dir, --mask, --masks, or, with
     none of these, from detecting flat-filled occluders (a large region of one exact colour).
-    Only hole pixels change. Exit code: 0 all done, 1 some files failed, 2 usage error.
+    Only hole pixels change. Exit code: 0 all done, 1 some files failed, 2 usage error,
+    130 interrupted (OUT/summary.json lists what was done).
     """
-    from facefill.engine.inpaint import run_inpaint
-
     if sum(bool(options[k]) for k in ("mask_dir", "mask", "masks")) > 1:
         raise UsageFailure("give at most one of --mask-dir, --mask, --masks")
-    summary = _run(run_inpaint, cfg.InpaintConfig(**options))
+    try:
+        from facefill.engine.inpaint import run_inpaint
+
+        summary = _run(run_inpaint, cfg.InpaintConfig(**options))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    if summary.get("interrupted"):
+        sys.exit(130)
     if summary["failed"]:
         sys.exit(1)
 
@@ -348,3 +362,51 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
                                compile=compile)
 
     _run(run_bench, _run(build))
+
+
+@main.command()
+@click.option("--paper", default="all", show_default=True,
+              help="two-stage, dense-gan, ddpm-ffc, wgan, glcic, or all (comma-separated for several).")
+@click.option("--data-root", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Prepared data sets (data128, data64, datahq256); a missing one is prepared here from "
+                   "--shared.")
+@click.option("--data", "data", multiple=True, metavar="SET=PATH",
+              help="Use this prepared folder for a data set, e.g. --data data128=/work/data/data128 (repeatable).")
+@click.option("--shared", type=click.Path(file_okay=False),
+              help="Raw face data to prepare missing sets from.  [default: ../shared/data beside the repository]")
+@click.option("--limit", type=int, help="Score at most N images per paper and mask kind (default: each "
+                                        "paper's own sample for slow methods, else the whole test split).")
+@click.option("--report", default="reports/reproduce", show_default=True, help="Report folder.")
+@click.option("--results", type=click.Path(dir_okay=False),
+              help="Markdown file whose generated section gets the tables.  [default: weights/RESULTS.md]")
+@click.option("--no-results", is_flag=True, help="Write only the report folder.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@amp_option
+@click.option("--seed", default=0, show_default=True)
+def reproduce(paper, data_root, data, shared, limit, report, results, no_results, device, batch_size, amp, seed):
+    """Run each seed paper's protocol on the shipped weights and put facefill's numbers beside
+    the paper's, with the difference: report folder (Markdown, JSON) and weights/RESULTS.md.
+
+    \b
+    Example:
+      facefill reproduce --paper all --data-root /work/data
+    """
+    from facefill.engine.reproduce import run_reproduce
+    from facefill.papers import select_papers
+
+    def build():
+        papers = tuple(p.key for p in select_papers(paper))
+        overrides = []
+        for item in data:
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"--data expects SET=PATH, got {item!r}")
+            overrides.append((name.strip(), path.strip()))
+        return cfg.ReproduceConfig(papers=papers, data_root=data_root, data=tuple(overrides), shared=shared,
+                                   limit=limit, report=report, results="" if no_results else results,
+                                   device=device, batch_size=batch_size, amp=amp, seed=seed)
+
+    summary = _run(run_reproduce, _run(build))
+    if summary["failures"]:
+        sys.exit(1)

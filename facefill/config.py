@@ -45,6 +45,10 @@ class InpaintConfig:
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     amp: bool = False                  # bf16 autocast while filling
     summary: str | None = None         # JSON summary path; default OUT/summary.json
+    ext: str = "same"                  # output extension: same | png | jpg | webp
+    suffix: str = ""                   # added to each output's stem
+    quality: int | None = None         # JPEG (default 95) and lossy WebP quality; None: lossless WebP
+    max_pixels: int | None = 64_000_000  # refuse larger images from their header, before decoding
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,21 @@ class BenchConfig:
     train: bool = False                # training throughput of trainable methods instead
     train_masks: str = "center"        # --train: mask kind drawn on the device
     compile: bool = False              # --train: torch.compile the networks
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    papers: tuple[str, ...] = ("all",)  # facefill.papers keys, or "all"
+    data_root: str = "data"            # prepared sets live (or are prepared) here
+    data: tuple[tuple[str, str], ...] = ()  # (data set key or folder name, path) overrides
+    shared: str | None = None          # raw data; default <repo>/../shared/data
+    limit: int | None = None           # images per paper and mask kind; default: each paper's sample
+    report: str = "reports/reproduce"
+    results: str | None = None         # RESULTS.md whose generated section is rewritten; "" = none
+    device: str = "auto"
+    batch_size: int = 16
+    amp: bool = False
+    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,26 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return image.detach().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+def _read(path, mode: str) -> np.ndarray:
+    """Decode ``path`` to ``mode``; a truncated or unreadable file is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: cannot decode image, truncated or not an image "
+                         f"({error.__class__.__name__})") from None
+
+
 def read_rgb(path) -> np.ndarray:
     """A plain RGB read for trusted files (prepared data sets); user input goes through folders.py."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return _read(path, "RGB")
 
 
 def read_mask(path) -> np.ndarray:
     """A stored mask PNG (white = hole) -> HxW bool."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 127
+    return _read(path, "L") > 127
 
 
 def mask_image(mask: np.ndarray) -> Image.Image:

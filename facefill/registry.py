@@ -53,11 +53,35 @@ def make_config(name: str, values: dict | None = None):
     if unknown:
         raise ValueError(f"unknown setting(s) for {name}: {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(sorted(known))}")
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+    for key, value in (values or {}).items():
+        _check_value_type(name, key, value, fields[key].default)
     try:
         return cls.config_class(**(values or {}))
     except TypeError as error:  # a value of the wrong type, e.g. --set sample_steps=abc
         given = ", ".join(f"{key}={value!r}" for key, value in (values or {}).items())
         raise ValueError(f"bad setting value for {name} ({given}): {error}") from None
+
+
+def _check_value_type(method: str, key: str, value, default) -> None:
+    """Refuse a setting whose type differs from its default's (--set base_channels=abc), so the
+    error names the setting instead of surfacing as a traceback deep in a network."""
+    if default is None or default is dataclasses.MISSING or value is None:
+        return
+    expected = type(default)
+    if expected is bool:
+        fits = isinstance(value, bool)
+    elif expected is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected in (tuple, list):
+        fits = isinstance(value, (tuple, list))
+    else:
+        fits = isinstance(value, expected)
+    if not fits:
+        raise ValueError(f"bad setting value for {method}: {key}={value!r} "
+                         f"(expected {expected.__name__}, like the default {default!r})")
 
 
 def create_method(name: str, config=None, **values):

@@ -14,7 +14,7 @@ from torch import nn
 
 from facefill.config import EvalConfig
 from facefill.engine.evaluate import (AREA_BINS, area_bin, area_bin_metrics, fill_tensor_batch, image_metrics,
-                                      mean_metrics, psnr_from_mse, run_eval, ssim_window)
+                                      mean_metrics, psnr_from_mse, run_eval, sharpness, ssim_window)
 from facefill.methods.base import Inpainter, TrainableInpainter
 
 REPORT_FILES = ("metrics.json", "per_image.csv", "summary.md", "report.html")
@@ -68,6 +68,78 @@ def test_metrics_perfect_fill_and_empty_hole():
     empty = image_metrics(target, target, np.zeros((4, 4), bool))
     assert empty["area"] == 0
     assert all(math.isnan(empty[k]) for k in ("psnr_hole", "ssim_hole", "l1", "l2"))
+
+
+def _textured_face(size=48, seed=0):
+    """A detailed test image: smooth shading plus seeded fine texture, values inside [0, 1]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    shading = 0.5 + 0.2 * np.sin(6 * x) * np.cos(4 * y)
+    texture = 0.1 * rng.standard_normal((size, size, 3))
+    return np.clip(shading[..., None] + texture, 0, 1)
+
+
+def _centre_hole(size=48, side=24):
+    hole = np.zeros((size, size), bool)
+    start = (size - side) // 2
+    hole[start:start + side, start:start + side] = True
+    return hole
+
+
+def _blurred_fill(target, hole, sigma=2.0):
+    import cv2
+
+    output = target.copy()
+    output[hole] = cv2.GaussianBlur(target, (0, 0), sigma)[hole]
+    return output
+
+
+def test_sharpness_exact_fill_is_one_and_blur_is_near_zero():
+    target, hole = _textured_face(), _centre_hole()
+    assert sharpness(target, target, hole) == pytest.approx(1.0)
+    blurred = sharpness(_blurred_fill(target, hole), target, hole)
+    assert 0 <= blurred < 0.05
+    assert sharpness(_blurred_fill(target, hole, sigma=0.6), target, hole) > blurred   # less blur, sharper
+    flat = target.copy()
+    flat[hole] = target[hole].mean(0)
+    assert sharpness(flat, target, hole) == pytest.approx(0.0, abs=1e-12)
+    assert image_metrics(_blurred_fill(target, hole), target, hole)["sharpness"] == pytest.approx(blurred)
+
+
+def test_sharpness_noise_fill_is_above_one():
+    target, hole = _textured_face(), _centre_hole()
+    noisy = target.copy()
+    noisy[hole] = np.random.default_rng(1).uniform(0, 1, (hole.sum(), 3))
+    assert sharpness(noisy, target, hole) > 2
+
+
+def test_sharpness_ignores_the_seam_and_the_pixels_outside_the_hole():
+    target, hole = _textured_face(), _centre_hole()
+    output = target.copy()
+    ring = hole & ~_centre_hole(side=22)            # the hole's outermost pixel (the Laplacian at the
+    output[ring] = 0.0                              # eroded hole reaches 1 px further): a hard seam there
+    output[~hole] = 1.0 - output[~hole]             # and changed known pixels
+    assert sharpness(output, target, hole) == pytest.approx(1.0)
+
+
+def test_sharpness_is_nan_without_a_measurable_hole():
+    target = _textured_face()
+    assert math.isnan(sharpness(target, target, np.zeros((48, 48), bool)))      # no hole
+    thin = np.zeros((48, 48), bool)
+    thin[10:40, 20:24] = True                                                    # 4 px wide: nothing after erosion
+    assert math.isnan(sharpness(target, target, thin))
+    assert math.isnan(image_metrics(target, target, thin)["sharpness"])
+    flat_target = np.full((48, 48, 3), 0.4)
+    assert math.isnan(sharpness(_textured_face(), flat_target, _centre_hole()))  # nothing to compare with
+    assert math.isnan(image_metrics(target, target, np.zeros((48, 48), bool))["sharpness"])
+    wide = np.zeros((48, 48), bool)
+    wide[10:40, 20:25] = True                                                    # 5 px wide: one column left
+    assert sharpness(target, target, wide) == pytest.approx(1.0)
+
+
+def test_sharpness_mean_leaves_out_nan():
+    rows = [{"area": 0.2, "sharpness": 0.5}, {"area": 0.1, "sharpness": float("nan")}, {"area": 0.3, "sharpness": 0.7}]
+    assert mean_metrics(rows)["sharpness"] == pytest.approx(0.6)
 
 
 def test_ssim_window_shrinks_for_tiny_images():
@@ -166,7 +238,9 @@ def test_run_eval_writes_reports_and_is_repeatable(tiny_dataset, tmp_path):
 
     rows = _read_csv(tmp_path / "r1" / "per_image.csv")
     assert len(rows) == 2 * 4
-    assert list(rows[0]) == ["method", "stem", "area", "psnr", "ssim", "psnr_hole", "ssim_hole", "l1", "l2"]
+    assert list(rows[0]) == ["method", "stem", "area", "psnr", "ssim", "psnr_hole", "ssim_hole", "l1", "l2",
+                             "sharpness"]
+    assert all(0 <= float(r["sharpness"]) < 2 for r in rows)          # 16 px holes keep 12x12 pixels
     assert {r["method"] for r in rows} == {"telea", "navier-stokes"}
 
     page = (tmp_path / "r1" / "report.html").read_text()
@@ -175,7 +249,10 @@ def test_run_eval_writes_reports_and_is_repeatable(tiny_dataset, tmp_path):
     assert page.count("<img ") == 2 * (2 + 2)                          # 2 samples x (original, masked, 2 fills)
 
     summary = (tmp_path / "r1" / "summary.md").read_text()
-    assert "| Method | PSNR | SSIM | PSNR (hole) | SSIM (hole) | L1 % | L2 % | s/img |" in summary
+    assert ("| Method | PSNR | SSIM | PSNR (hole) | SSIM (hole) | L1 % | L2 % | Sharpness | s/img |"
+            in summary)
+    assert "<th>Sharpness</th>" in page and "Laplacian" in page and "Laplacian" in summary
+    assert 0 <= telea["means"]["sharpness"] < 2
     assert "| telea |" in summary and "20-30%" in summary
 
     second = run_eval(_config(tiny_dataset, tmp_path / "r2"))
@@ -318,3 +395,26 @@ def test_amp_reaches_every_method_and_the_report(tiny_dataset, tmp_path):
 
     entries = resolve_methods(EvalConfig(methods=("telea",), amp=True), torch.device("cpu"), 32)
     assert [entry.inpainter.amp for entry in entries] == [True]
+
+
+def test_card_metrics_record_sharpness_and_write_nan_as_null(tiny_dataset, tmp_path, monkeypatch):
+    """export's card: sharpness beside PSNR and SSIM; NaN (holes too thin to measure) as null."""
+    from PIL import Image
+
+    from facefill.checkpoint import export_weights
+    from facefill.engine.train import evaluate_weights
+    from facefill.registry import create_method
+
+    monkeypatch.chdir(tmp_path)                       # evaluate_weights writes reports/ here
+    weights = tmp_path / "tiny.pt"
+    export_weights(create_method("ffc-unet-gan", size=32, base_channels=4, max_channels=16, ffc_blocks=1).eval(),
+                   weights, {"size": 32})
+    thin = np.zeros((32, 32), np.uint8)
+    thin[4:28, 14:17] = 255                           # 3 px wide: nothing left after the 2 px erosion
+    (tiny_dataset / "masks" / "thin").mkdir()
+    for mask in (tiny_dataset / "masks" / "center").iterdir():
+        Image.fromarray(thin).save(tiny_dataset / "masks" / "thin" / mask.name)
+    metrics = evaluate_weights(weights, tiny_dataset, ("center", "thin"))
+    assert 0 <= metrics["center"]["sharpness"] < 5 and metrics["center"]["psnr"] > 0
+    assert metrics["thin"]["sharpness"] is None and metrics["thin"]["psnr"] > 0
+    json.dumps(metrics, allow_nan=False)

@@ -17,6 +17,7 @@ differs from its image is refused.
 """
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class DecodedImage:
     format: str | None               # PIL's name for the input format ("JPEG", "PNG", ...)
     mode: str                        # the input's PIL mode
     icc_profile: bytes | None = None
+    # The input's own pixels where the 8-bit RGB view loses something: grey modes (HxW in their
+    # dtype: 8/16/32-bit, float) and 16-bit RGB(A) PNG/TIFF (HxWx3 or HxWx4 uint16, RGB order).
+    original: np.ndarray | None = None
+    frames: int = 1                  # frames/pages in the file; only the first is filled
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,13 +91,6 @@ def is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _is_input_image(path: Path) -> bool:
-    if not is_image_name(path):
-        return False
-    stem = path.stem.lower()
-    return not (stem.endswith(MASK_SUFFIX) or stem.endswith(COMPARE_SUFFIX))
-
-
 def _files(folder: Path) -> list[Path]:
     try:
         entries = list(folder.iterdir())
@@ -106,7 +104,49 @@ def _files(folder: Path) -> list[Path]:
 def list_images(folder) -> list[Path]:
     """Image files directly in ``folder`` (not recursive), sorted by name; ``*_mask.*``,
     ``*_compare.*`` and hidden files (such as atomic-write temporaries) are left out."""
-    return sorted((p for p in _files(Path(folder)) if _is_input_image(p)), key=lambda p: p.name)
+    _files(Path(folder))  # "no such folder" / "not a folder"
+    return list_inputs(folder)[0]
+
+
+def _ignore_reason(path: Path) -> str | None:
+    """Why an entry named like an image is not filled, or None for a photo to fill."""
+    if path.is_symlink() and not path.exists():
+        return "dangling symbolic link"
+    if path.is_dir():
+        return "a folder, not an image (folders are not searched)"
+    if not path.is_file():
+        return "not a regular file (a FIFO, socket or device)"
+    stem = path.stem.lower()
+    if stem.endswith(MASK_SUFFIX):
+        return (f"named like a mask (*{MASK_SUFFIX}.*) but no image {path.stem[:-len(MASK_SUFFIX)]}.* "
+                f"beside it: not filled; rename it to fill it")
+    if stem.endswith(COMPARE_SUFFIX):
+        return (f"named like a comparison output (*{COMPARE_SUFFIX}.*): not filled; "
+                "rename it to fill it")
+    return None
+
+
+def list_inputs(source) -> tuple[list[Path], list[tuple[str, str]]]:
+    """What ``facefill inpaint SOURCE`` fills: SOURCE itself when it is an image file, else its
+    images (as :func:`list_images`), and ``(name, reason)`` for every other entry named like an
+    image (a ``*_mask.*`` with no image of its stem, comparisons, dangling links, FIFOs, folders),
+    so the summary can list them; the masks of images beside them are not listed."""
+    source = Path(source)
+    if source.is_file():
+        if not source.suffix.lower() in IMAGE_SUFFIXES:
+            raise ValueError(f"{source}: not an image file (known suffixes: "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+        return [source], []
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    entries = sorted((p for p in source.iterdir() if is_image_name(p)), key=lambda p: p.name)
+    reasons = {entry: _ignore_reason(entry) for entry in entries}
+    images = [entry for entry in entries if reasons[entry] is None]
+    stems = {image.stem for image in images}
+    ignored = [(entry.name, reason) for entry, reason in reasons.items() if reason is not None
+               and not (entry.stem.lower().endswith(MASK_SUFFIX) and entry.is_file()
+                        and entry.stem[:-len(MASK_SUFFIX)] in stems)]  # the mask of an image: used
+    return images, ignored
 
 
 def _index_by_stem(files, strip: str = "") -> dict[str, Path]:
@@ -200,14 +240,30 @@ def _has_alpha(image: Image.Image) -> bool:
     return image.mode in ("P", "L", "RGB") and "transparency" in image.info
 
 
-def _grey16_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
-    array = array.astype(np.float64)
+def _grey_divisor(array: np.ndarray, mode: str) -> float:
+    """What a high-depth grey value is divided by for its 8-bit view (and multiplied back by)."""
     if mode == "F":
-        scale = 255.0 if array.size and np.nanmax(array) <= 1.0 else 1.0
-        return np.nan_to_num(array * scale).round().clip(0, 255).astype(np.uint8)
+        return 1 / 255.0 if array.size and np.nanmax(array) <= 1.0 else 1.0
     if mode.startswith("I;16") or (array.size and array.max() > 255):
-        return (array / 257.0).round().clip(0, 255).astype(np.uint8)  # 16-bit range
-    return array.clip(0, 255).astype(np.uint8)
+        return 257.0  # 16-bit range
+    return 1.0
+
+
+def _grey16_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    divided = np.nan_to_num(array.astype(np.float64) / _grey_divisor(array, mode))
+    return divided.round().clip(0, 255).astype(np.uint8)
+
+
+def _grey_array(image: Image.Image) -> np.ndarray | None:
+    """The grey channel in its own dtype for grey modes (1, L, LA, I;16*, I, F), else None."""
+    mode = image.mode
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode == "LA":
+        return np.ascontiguousarray(np.asarray(image)[..., 0])
+    if mode == "L" or mode.startswith("I") or mode == "F":
+        return np.array(image)
+    return None
 
 
 def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -224,11 +280,45 @@ def to_rgb_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(image.convert("RGB")), None
 
 
-def decode_image(path) -> DecodedImage:
-    """Read a user image in any mode, EXIF orientation applied, or raise :class:`FileFailure`."""
+def _probe(path: Path, max_pixels: int | None) -> tuple[int, bool]:
+    """(frames, 16-bit RGB without EXIF rotation) from the header alone; refuses more than
+    ``max_pixels`` pixels before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+                frames = int(getattr(image, "n_frames", 1) or 1)
+                deep = (image.mode in ("RGB", "RGBA") and any(";16" in str(t.args) for t in image.tile)
+                        and image.getexif().get(0x0112, 1) == 1)
+    except Image.DecompressionBombError:
+        raise FileFailure("image too large to decode safely") from None
+    except Exception:  # _open names the problem
+        return 1, False
+    if max_pixels and width * height > max_pixels:
+        raise FileFailure(f"image is {width}x{height} ({width * height / 1e6:.1f} MP), over the "
+                          f"--max-pixels limit of {max_pixels / 1e6:g} MP; raise it to fill this image")
+    return frames, deep
+
+
+def _read_deep_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A 16-bit RGB(A) file's pixels (PIL reads them as 8-bit), in RGB order, or None."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[:2] != tuple(shape):
+        return None
+    order = [2, 1, 0, 3][: data.shape[2]]
+    return np.ascontiguousarray(data[..., order])
+
+
+def decode_image(path, max_pixels: int | None = None) -> DecodedImage:
+    """Read a user image in any mode, EXIF orientation applied, or raise :class:`FileFailure`;
+    images over ``max_pixels`` pixels are refused from their header, before decoding."""
     path = Path(path)
     if path.is_file() and path.stat().st_size == 0:
         raise FileFailure(f"{DECODE_REASON}: empty file")
+    frames, deep = _probe(path, max_pixels)
     image = _open(path, "image")
     try:
         rgb, alpha = to_rgb_alpha(image)
@@ -237,8 +327,9 @@ def decode_image(path) -> DecodedImage:
         raise FileFailure(reason) from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise FileFailure(DECODE_REASON)
+    original = _read_deep_rgb(path, rgb.shape[:2]) if deep else _grey_array(image)
     return DecodedImage(path=path, rgb=rgb, alpha=alpha, format=image.format, mode=image.mode,
-                        icc_profile=image.info.get("icc_profile"))
+                        icc_profile=image.info.get("icc_profile"), original=original, frames=frames)
 
 
 def image_size(path) -> tuple[int, int] | None:
@@ -365,10 +456,17 @@ def load_mask(spec: MaskSpec, rgb: np.ndarray, *, index: int = 0, seed: int = 0,
 
 # ---------------------------------------------------------------------------------------- output
 
-def output_name(image: Path) -> str:
-    """``<stem><suffix>`` for formats written back as they came, else ``<stem>.png``."""
-    suffix = image.suffix if image.suffix.lower() in OUTPUT_FORMATS else ".png"
-    return image.stem + suffix
+#: ``--ext`` choices and the suffix each writes; ``same`` keeps the input's (PNG if unwritable).
+OUTPUT_EXTENSIONS = {"same": None, "png": ".png", "jpg": ".jpg", "webp": ".webp"}
+
+
+def output_name(image: Path, ext: str = "same", suffix: str = "") -> str:
+    """``<stem><suffix><ext>``: the input's extension for formats written back as they came
+    (``ext="same"``), else ``.png``; or the ``ext`` asked for."""
+    if ext not in OUTPUT_EXTENSIONS:
+        raise ValueError(f"--ext {ext!r}: use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    extension = OUTPUT_EXTENSIONS[ext] or (image.suffix if image.suffix.lower() in OUTPUT_FORMATS else ".png")
+    return image.stem + suffix + extension
 
 
 def output_format(name: str) -> str:
@@ -382,13 +480,15 @@ def keeps_alpha(fmt: str) -> bool:
     return fmt != "JPEG"
 
 
-def encode_options(fmt: str, decoded: DecodedImage | None = None) -> dict:
-    """Save options per format: JPEG quality 95, lossless WebP, the input's ICC profile."""
+def encode_options(fmt: str, decoded: DecodedImage | None = None, quality: int | None = None) -> dict:
+    """Save options per format: JPEG at ``quality`` (default 95), WebP lossless unless a
+    ``quality`` below 100 is given, the input's ICC profile."""
     options: dict = {}
     if fmt == "JPEG":
-        options.update(quality=95, subsampling=0)
+        options.update(quality=min(95 if quality is None else quality, 100), subsampling=0)
     elif fmt == "WEBP":
-        options.update(lossless=True, quality=95)
+        lossy = quality is not None and quality < 100
+        options.update(lossless=not lossy, quality=quality if lossy else 95)
     elif fmt == "PNG":
         options.update(compress_level=6)
     # Keep an RGB colour profile; a CMYK or grey one would not describe the RGB output.
@@ -405,7 +505,65 @@ def to_pil(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Image.Image:
     return image
 
 
+def _holds_grey(fmt: str, dtype: np.dtype) -> bool:
+    """Whether ``fmt`` stores grey of this dtype: 8-bit anywhere, 16-bit in PNG/TIFF, more in TIFF."""
+    if dtype == np.uint8:
+        return True
+    if dtype == np.uint16:
+        return fmt in ("PNG", "TIFF")
+    return fmt == "TIFF"
+
+
+def compose_output(decoded: DecodedImage, filled: np.ndarray, fmt: str) -> Image.Image:
+    """The output image: the input's own pixels (grey stays grey, 16-bit and float grey stay so
+    where ``fmt`` can hold them), with only the pixels the fill changed (in its 8-bit RGB view)
+    replaced; the alpha channel kept where ``fmt`` holds one."""
+    alpha = decoded.alpha if keeps_alpha(fmt) else None
+    grey = decoded.original
+    if grey is None or grey.ndim != 2:
+        return to_pil(filled, alpha)
+    scale = _grey_divisor(grey, decoded.mode)
+    if not _holds_grey(fmt, grey.dtype):
+        grey, scale = decoded.rgb[..., 0], 1.0  # the 8-bit view, which this format can hold
+    changed = _changed(decoded, filled)
+    luma = np.asarray(Image.fromarray(np.ascontiguousarray(filled, dtype=np.uint8)).convert("L"))
+    out = grey.copy()
+    values = luma[changed].astype(np.float64) * scale
+    out[changed] = values if out.dtype.kind == "f" else values.round().astype(out.dtype)
+    image = Image.fromarray(out)
+    if alpha is not None and image.mode == "L":
+        image.putalpha(Image.fromarray(np.ascontiguousarray(alpha, dtype=np.uint8), mode="L"))
+    return image
+
+
+def _changed(decoded: DecodedImage, filled: np.ndarray) -> np.ndarray:
+    """HxW bool: the pixels the fill changed in the 8-bit RGB view."""
+    return np.any(np.asarray(filled) != decoded.rgb, axis=2)
+
+
+def encode_output(decoded: DecodedImage, filled: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """The output file's bytes in ``fmt``: :func:`compose_output` with :func:`encode_options`,
+    or, for a 16-bit RGB(A) input written as PNG or TIFF, its 16-bit pixels with the changed
+    ones replaced (encoded by OpenCV: PIL writes no 16-bit RGB)."""
+    deep = decoded.original
+    if deep is not None and deep.ndim == 3 and fmt in ("PNG", "TIFF"):
+        import cv2
+
+        out = deep.copy()
+        changed = _changed(decoded, filled)
+        out[..., :3][changed] = np.asarray(filled)[changed].astype(np.uint16) * 257
+        order = [2, 1, 0, 3][: out.shape[2]]
+        ok, data = cv2.imencode(".png" if fmt == "PNG" else ".tiff", np.ascontiguousarray(out[..., order]))
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a 16-bit {fmt}")
+        return data.tobytes()
+    buffer = io.BytesIO()
+    compose_output(decoded, filled, fmt).save(buffer, format=fmt, **encode_options(fmt, decoded, quality))
+    return buffer.getvalue()
+
+
 __all__ = ["IMAGE_SUFFIXES", "OUTPUT_FORMATS", "DECODE_REASON", "NO_MASK_REASON", "FileFailure",
            "DecodedImage", "MaskSpec", "list_images", "pair_masks", "check_mask_kind", "decode_image",
            "image_size", "to_rgb_alpha", "read_mask_file", "generated_mask", "detect_occluder",
-           "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil"]
+           "load_mask", "output_name", "output_format", "keeps_alpha", "encode_options", "to_pil",
+           "list_inputs", "compose_output", "encode_output", "OUTPUT_EXTENSIONS"]

@@ -9,6 +9,10 @@ fill in the hole), as the papers score saved images:
 - ``ssim_hole``: the mean of the SSIM map over hole pixels;
 - ``l1``, ``l2``: 100 x the mean absolute / squared error over hole pixels, in % of the [0, 1]
   range (the "mean L1/L2 loss" of the context-encoder and dense-GAN papers);
+- ``sharpness``: the variance of the Laplacian of the output's grey levels over the hole eroded by
+  2 px (so the 3x3 Laplacian sees fill pixels only, never the seam) divided by that of the
+  original over the same pixels: near 0 for a blurry fill, near 1 for one as detailed as the
+  original, above 1 for noise; NaN when the eroded hole is empty or the original is flat there;
 - ``area``: the hole's fraction of the image.
 
 An image without a hole has NaN hole metrics, left out of the means (as is any non-finite value,
@@ -26,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,14 +40,17 @@ from facefill.methods.base import set_amp, set_sampler, set_steps
 
 log = logging.getLogger(__name__)
 
-METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "l1", "l2")
+METRICS = ("psnr", "ssim", "psnr_hole", "ssim_hole", "l1", "l2", "sharpness")
 CSV_COLUMNS = ("method", "stem", "area", *METRICS)
 AREA_BIN_COUNT = 10
 AREA_BINS = tuple(f"{10 * i}-{10 * (i + 1)}%" for i in range(AREA_BIN_COUNT))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # (key, column title, decimals) of the summary tables
 SUMMARY_COLUMNS = (("psnr", "PSNR", 2), ("ssim", "SSIM", 4), ("psnr_hole", "PSNR (hole)", 2),
-                   ("ssim_hole", "SSIM (hole)", 4), ("l1", "L1 %", 2), ("l2", "L2 %", 3))
+                   ("ssim_hole", "SSIM (hole)", 4), ("l1", "L1 %", 2), ("l2", "L2 %", 3),
+                   ("sharpness", "Sharpness", 3))
+SHARPNESS_EROSION = 2   # px taken off the hole's edge before the Laplacian's variance is measured
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -63,6 +71,26 @@ def ssim_window(height: int, width: int, default: int = 7) -> int | None:
     if side % 2 == 0:
         side -= 1
     return side if side >= 3 else None
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R 601 weights) of an HxWx3 image; an HxW image as it is; float64."""
+    image = np.asarray(image, dtype=np.float64)
+    return image @ np.asarray(GREY_WEIGHTS) if image.ndim == 3 else image
+
+
+def sharpness(output: np.ndarray, target: np.ndarray, hole: np.ndarray) -> float:
+    """var(Laplacian(output)) / var(Laplacian(target)) over the hole eroded by ``SHARPNESS_EROSION``
+    px (grey levels, 3x3 Laplacian); NaN when fewer than two pixels remain or the target is flat."""
+    side = 2 * SHARPNESS_EROSION + 1
+    inner = cv2.erode(np.asarray(hole, dtype=np.uint8), np.ones((side, side), np.uint8)).astype(bool)
+    if inner.sum() < 2:
+        return float("nan")
+    fill_variance = cv2.Laplacian(grey(output), cv2.CV_64F, ksize=1)[inner].var()
+    original_variance = cv2.Laplacian(grey(target), cv2.CV_64F, ksize=1)[inner].var()
+    if original_variance <= 1e-12:
+        return float("nan")
+    return float(fill_variance / original_variance)
 
 
 def image_metrics(output: np.ndarray, target: np.ndarray, hole: np.ndarray) -> dict[str, float]:
@@ -91,9 +119,11 @@ def image_metrics(output: np.ndarray, target: np.ndarray, hole: np.ndarray) -> d
         squared = float(np.mean(difference ** 2))
         metrics.update(psnr_hole=psnr_from_mse(squared),
                        ssim_hole=float(ssim_map[hole].mean()) if ssim_map is not None else float("nan"),
-                       l1=100.0 * float(np.mean(np.abs(difference))), l2=100.0 * squared)
+                       l1=100.0 * float(np.mean(np.abs(difference))), l2=100.0 * squared,
+                       sharpness=sharpness(output, target, hole))
     else:
-        metrics.update(psnr_hole=float("nan"), ssim_hole=float("nan"), l1=float("nan"), l2=float("nan"))
+        metrics.update(psnr_hole=float("nan"), ssim_hole=float("nan"), l1=float("nan"), l2=float("nan"),
+                       sharpness=float("nan"))
     return metrics
 
 
@@ -109,7 +139,7 @@ def _finite_mean(values) -> float:
 
 def mean_metrics(rows: list[dict]) -> dict[str, float]:
     """Means of ``area`` and every metric over ``rows``, each over its finite values only."""
-    return {key: _finite_mean([row[key] for row in rows]) for key in ("area", *METRICS)}
+    return {key: _finite_mean([row.get(key) for row in rows]) for key in ("area", *METRICS)}
 
 
 def area_bin_metrics(rows: list[dict]) -> list[dict]:
@@ -362,7 +392,9 @@ BIN_HEADERS = ["Method", "Hole area", "Images"] + [title for _, title, _ in SUMM
 BIN_DIGITS = [0, 0, 0] + [digits for _, _, digits in SUMMARY_COLUMNS]
 METRIC_NOTE = ("PSNR (dB) and SSIM over the whole image with the known pixels kept; the hole columns "
                "over hole pixels only; L1 % and L2 % are 100 x the mean absolute and squared error over "
-               "hole pixels (values in [0, 1]); s/img is the method's filling time alone.")
+               "hole pixels (values in [0, 1]); Sharpness is the variance of the Laplacian of the fill "
+               "over the hole eroded by 2 px divided by the original's (0 blurry, 1 as detailed as the "
+               "original, above 1 noise); s/img is the method's filling time alone.")
 
 
 def _summary_markdown(result: dict) -> str:

@@ -465,6 +465,9 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     in the card. ``settings`` replace method settings in the stored config (inference ones, such
     as a sampler's ``eta`` chosen on validation images); the card records them."""
     state = load_checkpoint(checkpoint)
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint}: holds a {type(state).__name__}, not a facefill training "
+                         f"checkpoint or weights file")
     settings = dict(settings or {})
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
         payload = {**state, "config": _replaced_settings(state["method"], state.get("config", {}), settings)}
@@ -528,7 +531,8 @@ def evaluate_weights(weights, data, mask_kinds, amp: bool = False) -> dict:
         result = run_eval(EvalConfig(data=str(data), masks=kind, methods=(), weights=(str(weights),),
                                      report=str(report), amp=amp))
         (name, entry), = result["methods"].items()
-        metrics[kind] = {**{k: round(v, 4) for k, v in entry["means"].items()}, "count": result["count"],
+        means = {k: round(v, 4) if math.isfinite(v) else None for k, v in entry["means"].items()}  # JSON has no NaN
+        metrics[kind] = {**means, "count": result["count"],
                          "data": str(data), "split": "test", **({"amp": "bf16"} if amp else {})}
     return metrics
 

@@ -10,7 +10,7 @@ from torch import nn
 from facefill.methods.base import GeneratorInpainter
 from facefill.nn.blocks import ChannelwiseFC, DCGANDiscriminator, conv_bn_act
 from facefill.nn.losses import gan_d_loss, gan_g_loss, masked_mse
-from facefill.nn.unet import DenseUNet
+from facefill.nn.unet import DenseUNet, check_dense_unet_size
 from facefill.registry import register_method
 
 
@@ -31,6 +31,7 @@ class Autoencoder(GeneratorInpainter):
     """dense-gan's encoder-decoder without dense blocks or skips, trained with L2 alone."""
 
     def __init__(self, config: AutoencoderConfig):
+        check_dense_unet_size(config.size, "autoencoder")
         super().__init__(config)
         self.generator = DenseUNet(base=config.base_channels, growth=config.growth,
                                    layers=config.layers_per_block, max_ch=config.max_channels, dense=False, skips=False)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from facefill.methods.base import GeneratorInpainter
 from facefill.nn.blocks import DCGANDiscriminator
 from facefill.nn.losses import gan_d_loss, gan_g_loss, masked_mse, total_variation
-from facefill.nn.unet import DenseUNet
+from facefill.nn.unet import DenseUNet, check_dense_unet_size
 from facefill.registry import register_method
 
 LOSS_SETS = ("rec", "rec+adv", "rec+adv+tv")
@@ -40,6 +40,7 @@ class DenseGANConfig:
 @register_method("dense-gan", config=DenseGANConfig)
 class DenseGAN(GeneratorInpainter):
     def __init__(self, config: DenseGANConfig):
+        check_dense_unet_size(config.size, "dense-gan")
         super().__init__(config)
         self.generator = DenseUNet(base=config.base_channels, growth=config.growth,
                                    layers=config.layers_per_block, max_ch=config.max_channels, dense=config.dense, skips=config.skips)

@@ -16,6 +16,15 @@ class Transition(nn.Sequential):
                          nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.AvgPool2d(2))
 
 
+def check_dense_unet_size(size: int, method: str, levels: int = 4) -> None:
+    """The stem and ``levels`` transitions halve the side ``levels + 1`` times: refuse other sizes
+    with one line instead of a pooling error deep in the network."""
+    multiple = 2 ** (levels + 1)
+    if not isinstance(size, int) or size < multiple or size % multiple:
+        raise ValueError(f"{method} needs a size divisible by {multiple} (its U-Net halves it "
+                         f"{levels + 1} times), got {size}")
+
+
 class DenseUNet(nn.Module):
     """stem (4x4 stride-2 conv) -> 4 x [block -> transition] -> 4 x [block -> transposed conv]
     -> transposed conv to RGB. ``dense=False`` swaps dense blocks for plain conv stacks,
