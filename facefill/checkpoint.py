@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -10,29 +13,88 @@ import torch
 
 import facefill
 from facefill.config import config_dict
-from facefill.fileio import atomic_path, write_json_atomic
+from facefill.fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from facefill.registry import get_method_class, make_config
 
 FORMAT_VERSION = 1
+PARTS_KIND = "facefill-checkpoint-parts"
+PARTS_MAGIC = b'{\n "kind": "' + PARTS_KIND.encode()
 
 
 class WeightsError(ValueError):
     pass
 
 
-def save_checkpoint(path, state: dict) -> None:
-    """Atomic ``torch.save``: a killed write never leaves a truncated checkpoint behind."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+def save_checkpoint(path, state: dict, part_mib: float | None = None) -> None:
+    """Atomic ``torch.save``: a killed write never leaves a truncated checkpoint behind. With
+    ``part_mib``, a checkpoint larger than that is written as ``PATH.part-NNN`` files of at most
+    ``part_mib`` MiB each and ``PATH`` becomes a small JSON index of them, written last (the commit)."""
+    if not part_mib:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    limit = max(1, int(part_mib * 1024 * 1024))
+    if len(data) <= limit:
+        write_bytes_atomic(path, data)
+        remove_parts(path)
+        return
+    path = Path(path)
+    parts = []
+    for number, start in enumerate(range(0, len(data), limit)):
+        chunk = data[start:start + limit]
+        write_bytes_atomic(path.with_name(f"{path.name}.part-{number:03d}"), chunk)
+        parts.append({"file": f"{path.name}.part-{number:03d}", "bytes": len(chunk),
+                      "sha256": hashlib.sha256(chunk).hexdigest()})
+    index = {"kind": PARTS_KIND, "bytes": len(data), "parts": parts}
+    write_bytes_atomic(path, json.dumps(index, indent=1).encode())
+    remove_parts(path, keep=len(parts))
+
+
+def remove_parts(path, keep: int = 0) -> None:
+    """Delete ``PATH.part-NNN`` files numbered ``keep`` and above (left by an earlier write)."""
+    path = Path(path)
+    for part in path.parent.glob(f"{glob.escape(path.name)}.part-*"):
+        number = part.name.rsplit("-", 1)[-1]
+        if number.isdigit() and int(number) >= keep:
+            part.unlink(missing_ok=True)
+
+
+def _read_parts(path: Path) -> io.BytesIO:
+    try:
+        index = json.loads(path.read_text())
+        parts = index["parts"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise WeightsError(f"{path}: not a readable checkpoint parts index") from None
+    chunks = []
+    for part in parts:
+        part_path = path.with_name(part["file"])
+        try:
+            chunk = part_path.read_bytes()
+        except OSError:
+            raise WeightsError(f"{part_path}: checkpoint part missing") from None
+        if len(chunk) != part["bytes"] or hashlib.sha256(chunk).hexdigest() != part["sha256"]:
+            raise WeightsError(f"{part_path}: checkpoint part damaged (size or checksum differs)")
+        chunks.append(chunk)
+    return io.BytesIO(b"".join(chunks))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint or weights file (whole, or a parts index with its parts) with weights_only."""
     if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise WeightsError(f"{path}: empty file (0 bytes), not a facefill weights file or checkpoint")
+    source = path
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as stream:
+            if stream.read(len(PARTS_MAGIC)) == PARTS_MAGIC:
+                source = _read_parts(Path(path))
+        return torch.load(source, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
+    except WeightsError:
+        raise
     except Exception as error:  # pickle, zip and weights_only errors all mean "not a weights file"
         raise WeightsError(f"{path}: not a readable facefill weights file ({error.__class__.__name__})") from None
 

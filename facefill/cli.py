@@ -103,13 +103,21 @@ amp_option = click.option("--amp", is_flag=True,
               help=f"Fixed evaluation mask kinds for the test split: {MASK_KINDS_HELP}.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--workers", default=2, show_default=True)
-def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed, workers):
-    """Rank SRC's faces by sharpness, crop, resize, split, and store fixed eval masks in DATA."""
+@click.option("--pack", is_flag=True,
+              help="Write the train split as a few shards (train-NNN.npz, WebP images) instead of PNG files.")
+@click.option("--pack-quality", default=90, show_default=True, help="WebP quality of packed images.")
+@click.option("--shard-mib", default=48.0, show_default=True, help="Largest shard, MiB.")
+def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed, workers, pack, pack_quality,
+            shard_mib):
+    """Rank SRC's faces by sharpness, crop, resize, split, and store fixed eval masks in DATA.
+
+    --test-fraction 0 makes a train-only set (e.g. celeba-crops, which has no identities)."""
     from facefill.data.prepare import prepare as run_prepare
 
     config = cfg.PrepareConfig(src=src, out=data, size=size, keep=keep, test_fraction=test_fraction,
                                identities=identities, crop=crop, masks=cfg.split_list(masks),
-                               seed=seed, workers=workers)
+                               seed=seed, workers=workers, pack=pack, pack_quality=pack_quality,
+                               shard_mib=shard_mib)
     manifest = _run(run_prepare, config)
     counts = manifest["counts"]
     for skipped in manifest["skipped"]:
@@ -122,10 +130,12 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 
 
 @main.command()
-@click.option("--method", required=True, help="A trainable method (see `facefill methods`).")
-@click.option("--data", help="Prepared data folder (facefill prepare).  [default: data128]")
+@click.option("--method", help="A trainable method (see `facefill methods`); with --resume, the checkpoint's.")
+@click.option("--data", multiple=True,
+              help="Prepared data folder or pack (facefill prepare), as PATH or PATH:WEIGHT; repeat to train "
+                   "on several sets (WEIGHT multiplies how often each of its images is drawn).  [default: data128]")
 @click.option("--size", type=int, help="Training resolution; default: the data's size.")
-@click.option("--masks", help="center | random-box | irregular | mix  [default: center]")
+@click.option("--masks", help=f"{MASK_KINDS_HELP}, or mix (center, random-box, irregular)  [default: center]")
 @click.option("--epochs", type=int)
 @click.option("--steps", type=int, help="Optimisation steps (overrides --epochs).")
 @click.option("--time-limit", type=float, help="Stop cleanly after this many minutes, with a checkpoint.")
@@ -134,9 +144,20 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--device", help="auto | cpu | cuda  [default: auto]")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (CUDA, or a CPU with bf16 support).")
 @click.option("--ema", type=float, help="EMA decay for the inference networks (e.g. 0.999).")
-@click.option("--workers", type=int, help="Data-loading workers. [default: 2]")
+@click.option("--data-on", type=click.Choice(["device", "workers"]),
+              help="device: the set decoded once onto the training device, batches, masks and augmentation "
+                   "made there; workers: DataLoader workers on the CPU.  [default: device]")
+@click.option("--workers", type=int, help="Data-loading workers with --data-on workers. [default: 2]")
+@click.option("--augment/--no-augment", default=None,
+              help="Random scale (0.8-1.25), shift and colour jitter of every image (flips always).")
+@click.option("--channels-last/--no-channels-last", default=None, help="[default: on CUDA]")
+@click.option("--compile", is_flag=True, default=None, help="torch.compile the networks (slow start).")
 @click.option("--out", help="Run folder. [default: runs/train]")
-@click.option("--resume", is_flag=True, default=None, help="Continue from the run folder's last checkpoint.")
+@click.option("--resume", is_flag=True, default=None,
+              help="Continue from the run folder's last readable checkpoint, with its settings unless given.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
+              help="Start from this weights file's generator (fresh optimisers), e.g. to fine-tune.")
+@click.option("--part-mib", type=float, help="Write checkpoints in parts of at most this many MiB.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file: [train] keys and [method] settings.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -146,17 +167,33 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--ckpt-every", type=int)
 @click.option("--seed", type=int)
 def train(method, config_file, sets, **flags):
-    """Train a method on a prepared data folder, with checkpoints, validation and logs."""
+    """Train a method on prepared data, with checkpoints, validation and logs."""
+    from facefill.engine.train import stored_settings
     from facefill.engine.train import train as run_train
     from facefill.registry import get_method_class
 
+    flags["data"] = flags["data"] or None
+
     def build():
-        if not get_method_class(method).trainable:
-            raise ValueError(f"method {method!r} needs no training")
         file_values = _config_file(config_file)
         set_values = cfg.parse_sets(sets)
-        train_values = {**file_values.get("train", {}), "method": method}
-        method_values = dict(file_values.get("method", {}))
+        train_values = {**file_values.get("train", {})}
+        method_values = {}
+        resume = next((v for v in (flags["resume"], set_values.get("resume"), train_values.get("resume"))
+                       if v is not None), False)
+        if resume:  # the checkpoint's settings, under anything given now
+            out = flags["out"] or set_values.get("out") or train_values.get("out") or cfg.TrainConfig.out
+            stored = stored_settings(out)
+            method_values = dict(stored.pop("method_settings", {}))
+            stored = {k: v for k, v in stored.items() if k not in ("resume", "out", "init_from", "device")}
+            train_values = {**stored, **train_values}
+        name = method or train_values.get("method")
+        if not name:
+            raise ValueError("--method is required (or --resume a run folder that has a checkpoint)")
+        if not get_method_class(name).trainable:
+            raise ValueError(f"method {name!r} needs no training")
+        train_values["method"] = name
+        method_values.update(file_values.get("method", {}))
         config, extras = cfg.build(cfg.TrainConfig, train_values, set_values, flags)
         method_values.update(extras)
         return cfg.TrainConfig(**{**cfg.config_dict(config),
@@ -296,10 +333,16 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--batch-size", default=32, show_default=True, help="--sweep: images per batch.")
 @click.option("--out", default="reports/bench.json", show_default=True,
               help="JSON results; with --sweep also a Markdown table beside it (.md).")
+@click.option("--train", "train_mode", is_flag=True,
+              help="Training throughput instead: images/s, step time, peak memory and the fraction of the "
+                   "device's measured bf16 matmul peak, per trainable method (--methods; default all) and "
+                   "--batch-sizes, at --size; --repeat timed steps.")
+@click.option("--train-masks", default="center", show_default=True, help="--train: mask kind.")
+@click.option("--compile", is_flag=True, help="--train: torch.compile the networks.")
 @amp_option
 @click.option("--seed", default=0, show_default=True)
 def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, sweep, data, masks,
-          limit, batch_size, out, amp, seed):
+          limit, batch_size, out, train_mode, train_masks, compile, amp, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
     or, with --sweep, speed against quality over sampling settings.
 
@@ -313,13 +356,16 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
         sizes = tuple(int(b) for b in cfg.split_list(batch_sizes))
         if methods is not None:
             names = cfg.split_list(methods)
+        elif train_mode:  # every trainable method
+            names = ()
         else:  # the default methods, or only the weights files when some are given
             names = () if weights else cfg.BenchConfig.methods
         settings = parse_sweep(sweep) if sweep is not None else ()
         return cfg.BenchConfig(methods=names, weights=tuple(weights), size=size, batch_sizes=sizes,
                                device=device, repeat=repeat, warmup=warmup, pipeline_images=pipeline_images,
                                out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
-                               batch_size=batch_size, amp=amp)
+                               batch_size=batch_size, amp=amp, train=train_mode, train_masks=train_masks,
+                               compile=compile)
 
     _run(run_bench, _run(build))
 

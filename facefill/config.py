@@ -20,6 +20,9 @@ class PrepareConfig:
     masks: tuple[str, ...] = ("center",)
     seed: int = 0
     workers: int = 2
+    pack: bool = False                 # the train split as a few shards (train-NNN.npz) instead of PNGs
+    pack_quality: int = 90             # WebP quality of packed images
+    shard_mib: float = 48.0            # largest shard
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,10 @@ class BenchConfig:
     masks: str = "center"              # --sweep: stored mask kind in DATA/masks/
     limit: int = 256                   # --sweep: the first N test images
     batch_size: int = 32               # --sweep: images per filling batch
-    amp: bool = False                  # bf16 autocast while filling
+    amp: bool = False                  # bf16 autocast while filling (training steps with --train)
+    train: bool = False                # training throughput of trainable methods instead
+    train_masks: str = "center"        # --train: mask kind drawn on the device
+    compile: bool = False              # --train: torch.compile the networks
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,9 @@ class ReproduceConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     method: str
-    data: str = "data128"
+    data: tuple[str, ...] = ("data128",)  # prepared sets (folders or packs), each PATH or PATH:WEIGHT
     size: int | None = None            # default: the data set's size
-    masks: str = "center"              # center | random-box | irregular | mix
+    masks: str = "center"              # a kind of data/masks.py, or mix (center, random-box, irregular)
     epochs: int | None = None
     steps: int | None = None
     time_limit: float | None = None    # minutes of wall time; stop cleanly after
@@ -130,6 +136,17 @@ class TrainConfig:
     val_images: int = 64
     export: str | None = None          # weights path to export at the end
     method_settings: tuple[tuple[str, object], ...] = ()  # --set values for the method
+    data_on: str = "device"            # device: set held on the training device, batches made there;
+                                       # workers: DataLoader workers on the CPU, masks drawn per image
+    augment: bool = False              # random scale 0.8-1.25, shift and colour jitter (flips always)
+    channels_last: bool | None = None  # None: on CUDA
+    compile: bool = False              # torch.compile the method's networks
+    part_mib: float | None = None      # write checkpoints in parts of at most this many MiB
+    init_from: str | None = None       # weights file whose generator starts the run
+
+    def __post_init__(self):
+        if isinstance(self.data, str):
+            object.__setattr__(self, "data", (self.data,))
 
 
 def parse_value(text: str):

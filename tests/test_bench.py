@@ -227,3 +227,17 @@ def test_cli_help_mentions_sweep_and_sampler():
     assert "--sweep" in bench_help and "--weights" in bench_help and "ddpm" in bench_help
     for command in ("eval", "inpaint"):
         assert "--sampler [ddim|ddpm]" in runner.invoke(main, [command, "--help"]).output
+
+
+def test_bench_train_measures_training_throughput_and_the_matmul_peak(tmp_path):
+    out = tmp_path / "train.json"
+    result = run_bench(BenchConfig(train=True, methods=("dense-gan",), size=32, batch_sizes=(2,), repeat=2,
+                                   warmup=1, device="cpu", out=str(out), train_masks="mix"))
+    row, = result["train"]
+    assert row["method"] == "dense-gan" and row["batch_size"] == 2 and row["steps"] == 2
+    assert row["images_per_s"] > 0 and row["gflop_per_step"] > 0 and row["peak_fp32_tflops"] > 0
+    assert 0 < row["fraction_of_peak"] and row["peak_dtype"] == "fp32"
+    assert 0 < row["data_share"] < 1
+    assert json.loads(out.read_text())["train"][0]["images_per_s"] == row["images_per_s"]
+    with pytest.raises(ValueError, match="telea"):
+        run_bench(BenchConfig(train=True, methods=("telea",), device="cpu", out=str(out)))

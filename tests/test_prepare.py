@@ -225,3 +225,31 @@ def test_cli_prepare_reports_skipped_files_and_exits_non_zero(celeba_sources, tm
     (only_bad / "x.png").write_text("not an image")
     result = CliRunner().invoke(main, ["prepare", str(only_bad), str(tmp_path / "data2")])
     assert result.exit_code == 2 and "no usable face images" in result.output
+
+
+def test_pack_round_trip_and_shards_within_the_limit(celeba_sources, tmp_path):
+    from facefill.data.dataset import load_split
+
+    folder = prepare(PrepareConfig(src=str(celeba_sources), out=str(tmp_path / "folder"), size=32, workers=1))
+    packed = prepare(PrepareConfig(src=str(celeba_sources), out=str(tmp_path / "packed"), size=32, workers=1,
+                                   pack=True, shard_mib=8 / 1024))  # 8 KiB: several shards
+    shards = packed["pack"]["train"]
+    assert len(shards) > 1 and sum(s["images"] for s in shards) == packed["counts"]["train"]
+    for shard in shards:
+        assert (tmp_path / "packed" / shard["file"]).stat().st_size == shard["bytes"] <= 8 * 1024
+    assert not list((tmp_path / "packed" / "train").glob("*.png"))
+    assert folder["split"] == packed["split"]  # the same split; the test split stays as files
+    assert sorted(p.name for p in (tmp_path / "packed" / "test").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "folder" / "test").iterdir())
+    images, stems = load_split(tmp_path / "packed", "train", 32)
+    reference, reference_stems = load_split(tmp_path / "folder", "train", 32)
+    assert stems == reference_stems and images.shape == reference.shape == (len(stems), 32, 32, 3)
+    assert np.abs(images.astype(int) - reference.astype(int)).mean() < 4  # WebP quality 90
+    unpacked = prepare(PrepareConfig(src=str(celeba_sources), out=str(tmp_path / "packed"), size=32, workers=1))
+    assert "pack" not in unpacked and not list((tmp_path / "packed").glob("train-*.npz"))
+
+
+def test_test_fraction_zero_makes_a_train_only_set(celeba_sources, tmp_path):
+    manifest = prepare(PrepareConfig(src=str(celeba_sources), out=str(tmp_path / "d"), size=32, workers=1,
+                                     test_fraction=0, pack=True))
+    assert manifest["counts"]["test"] == 0 and manifest["counts"]["train"] == 12

@@ -284,7 +284,7 @@ def test_config_is_valid_for_train_and_its_method(path):
     assert set(train) <= fields, set(train) - fields
     config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in train.items()})
     assert path.stem.startswith(config.method) and get_method_class(config.method).trainable
-    assert config.data.startswith("data/") and config.out == f"runs/{path.stem}"
+    assert all(d.startswith("data/") for d in config.data) and config.out == f"runs/{path.stem}"
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in values.get("method", {}).items()}
     make_config(config.method, {**settings, "size": config.size})
     assert f"--config configs/{path.name}" in path.read_text()

@@ -1,9 +1,14 @@
 """The training engine and the GAN/autoencoder methods, at tiny sizes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import socket
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -241,3 +246,70 @@ def test_export_of_a_weights_file_keeps_its_record_and_measures_again(tiny_datas
     a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
     assert all(torch.equal(a["state_dict"][m][k], b["state_dict"][m][k])
                for m in a["state_dict"] for k in a["state_dict"][m])
+
+
+def test_several_data_sets_with_weights(tiny_dataset, tmp_path):
+    from facefill.data.dataset import epoch_order, parse_data_spec
+
+    assert parse_data_spec("crops128:2") == ("crops128", 2.0) and parse_data_spec("data128") == ("data128", 1.0)
+    weights = np.array([1.0] * 10 + [3.0] * 10)
+    order = epoch_order(weights, seed=0, epoch=0, count=20000)
+    assert 2.7 < np.mean(order >= 10) / np.mean(order < 10) < 3.3
+    second = tmp_path / "second"
+    shutil.copytree(tiny_dataset, second)
+    two_sets = dataclasses.replace(config(tiny_dataset, tmp_path / "run", steps=2),
+                                   data=(str(tiny_dataset), f"{second}:2"))
+    summary = train(two_sets)
+    state = load_checkpoint(summary["checkpoint"])
+    sets = state["data"]["sets"]
+    assert [s["weight"] for s in sets] == [1.0, 2.0]
+    assert sets[0]["val_images"] == 1 and sets[1]["val_images"] == 0  # validation from the first set only
+    assert state["data"]["train_images"] == 7 + 8
+
+
+def test_checkpoint_parts_round_trip(tiny_dataset, tmp_path):
+    from facefill.checkpoint import save_checkpoint
+
+    summary = train(config(tiny_dataset, tmp_path / "run", steps=2, ckpt_every=1, keep_last=1, part_mib=0.05))
+    path = Path(summary["checkpoint"])
+    parts = sorted(path.parent.glob(path.name + ".part-*"))
+    assert len(parts) > 1 and all(p.stat().st_size <= 0.05 * 1024 * 1024 for p in parts)
+    assert not list(path.parent.glob("ckpt-0000001.pt*"))  # older checkpoints go with their parts
+    state = load_checkpoint(path)
+    assert state["step"] == 2
+    save_checkpoint(tmp_path / "whole.pt", state)
+    whole = load_checkpoint(tmp_path / "whole.pt")
+    assert all(torch.equal(whole["model"][k], state["model"][k]) for k in state["model"])
+    resumed = train(config(tiny_dataset, tmp_path / "run", steps=3, resume=True, part_mib=0.05))
+    assert resumed["steps"] == 3
+    parts[0].write_bytes(parts[0].read_bytes()[:-10])
+    with pytest.raises(ValueError, match="part"):
+        load_checkpoint(path)
+
+
+def test_init_from_weights_starts_from_the_generator_with_fresh_optimisers(tiny_dataset, tmp_path):
+    first = train(config(tiny_dataset, tmp_path / "a", steps=2))
+    weights = tmp_path / "w.pt"
+    export_checkpoint(first["checkpoint"], weights)
+    from facefill.engine.train import Trainer
+
+    trainer = Trainer(config(tiny_dataset, tmp_path / "b", steps=1, init_from=str(weights)))
+    shipped = load_weights(weights).generator.state_dict()
+    for key, value in trainer.method.generator.state_dict().items():
+        assert torch.allclose(value.float(), shipped[key].float()), key
+    assert all(not o.state for o in trainer.optimizers.values())
+    assert trainer.step == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(config(tiny_dataset, tmp_path / "c", steps=1, init_from=str(weights),
+                       method_settings=tuple({**TINY["dense-gan"], "base_channels": 16}.items())))
+
+
+def test_resume_is_exact_with_device_side_masks_and_augmentation(tiny_dataset, tmp_path):
+    values = dict(masks="mix", augment=True, steps=6)
+    whole = train(config(tiny_dataset, tmp_path / "whole", **values))
+    train(config(tiny_dataset, tmp_path / "parts", **{**values, "steps": 3}))
+    resumed = train(config(tiny_dataset, tmp_path / "parts", resume=True, **values))
+    a, b = load_checkpoint(whole["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert torch.equal(a["batches"]["generator"], b["batches"]["generator"])
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

@@ -35,6 +35,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +387,267 @@ def _face_part(rng, height, width, *, parsing=None, parsing_dir=None, dilate: fl
     return surgical_mask_from_parsing(labels, dilate)
 
 
+# ----------------------------------------------------------------------------- torch batches
+# The same kinds drawn in batch on any torch device (the training device), from a
+# ``torch.Generator`` on that device, with no host synchronisation. Strokes are capsules (a
+# segment widened by half the brush), hulls are 16-gons: close to the numpy kinds, not equal.
+
+GPU_STROKE_ROUNDS = 48        # stroke attempts per mask; those still short of ``lo`` grow at the border
+HULL_DIRECTIONS = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: str, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor made once per device (no host-to-device copy inside a step)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_on(shape: str, height: int, width: int, device: str) -> torch.Tensor:
+    """A geometric occluder or the centre box as an HxW bool tensor on ``device``, made once."""
+    draw = {"eyes": _geometric_eyes, "lower": _geometric_lower,
+            "center": lambda h, w: _center(None, h, w)}[shape]
+    return torch.from_numpy(draw(height, width)).to(device)
+
+
+def _uniform(generator, shape, low, high, device):
+    """Uniform in [low, high); low/high may be tensors broadcasting to ``shape``."""
+    return low + (high - low) * torch.rand(shape, generator=generator, device=device)
+
+
+def _grid(height: int, width: int, device):
+    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
+                            torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
+    return xs, ys
+
+
+def center_masks_torch(batch: int, height: int, width: int, device):
+    return _shape_on("center", height, width, str(device)).expand(batch, height, width).clone()
+
+
+def random_box_masks_torch(generator, batch: int, height: int, width: int, device,
+                           min_side: float = 0.25, max_side: float = 0.5):
+    box_h = (_uniform(generator, (batch,), min_side, max_side, device) * height).round().clamp(1, height)
+    box_w = (_uniform(generator, (batch,), min_side, max_side, device) * width).round().clamp(1, width)
+    top = (torch.rand(batch, generator=generator, device=device) * (height - box_h + 1)).floor()
+    left = (torch.rand(batch, generator=generator, device=device) * (width - box_w + 1)).floor()
+    xs, ys = _grid(height, width, device)
+    rows = (ys >= top[:, None, None]) & (ys < (top + box_h)[:, None, None])
+    cols = (xs >= left[:, None, None]) & (xs < (left + box_w)[:, None, None])
+    return rows & cols
+
+
+BRUSH_NAMES = ("thin", "medium", "thick")
+
+
+def _brush_table(device):
+    """(3, 6) brush ranges in BRUSH_NAMES order: width lo/hi, length lo/hi, vertices lo/hi."""
+    rows = tuple(tuple([*BRUSHES[b]["width"], *BRUSHES[b]["length"], *BRUSHES[b]["vertices"]]) for b in BRUSH_NAMES)
+    return _constant(rows, str(device))
+
+
+def _one_stroke(generator, table, scale, height, width, xs, ys):
+    """A random walk of capsules per sample (B, H, W), as ``_draw_stroke`` draws with OpenCV."""
+    batch, device = len(table), table.device
+    side = float(min(height, width))
+    most = max(v["vertices"][1] for v in BRUSHES.values())
+    thickness = (_uniform(generator, (batch,), table[:, 0], table[:, 1], device) * side * scale).round().clamp_min(1)
+    count = (table[:, 4] + torch.rand(batch, generator=generator, device=device)
+             * (table[:, 5] - table[:, 4] + 1)).floor()
+    x = torch.rand(batch, generator=generator, device=device) * (width - 1)
+    y = torch.rand(batch, generator=generator, device=device) * (height - 1)
+    angle = torch.rand(batch, generator=generator, device=device) * 2 * math.pi
+    points = [torch.stack([x, y], 1).round()]
+    for _ in range(most):
+        angle = angle + _uniform(generator, (batch,), -MAX_TURN, MAX_TURN, device)
+        length = _uniform(generator, (batch,), table[:, 2], table[:, 3], device) * side * scale
+        x = (x + length * torch.cos(angle)).clamp(0, width - 1)
+        y = (y + length * torch.sin(angle)).clamp(0, height - 1)
+        points.append(torch.stack([x, y], 1).round())
+    points = torch.stack(points, 1)                                  # B, V+1, 2
+    start, end = points[:, :-1], points[:, 1:]                       # B, V, 2
+    valid = torch.arange(most, device=device)[None] < count[:, None]  # B, V
+    pixel = torch.stack([xs.flatten(), ys.flatten()], 1)             # HW, 2
+    direction = end - start
+    rel = pixel[None, None] - start[:, :, None]                       # B, V, HW, 2
+    t = ((rel * direction[:, :, None]).sum(-1) / direction.pow(2).sum(-1).clamp_min(1e-6)[:, :, None]).clamp(0, 1)
+    distance = (rel - t[..., None] * direction[:, :, None]).pow(2).sum(-1)
+    radius = (thickness / 2).pow(2)[:, None, None]
+    inside = (distance <= radius) & valid[:, :, None]
+    return inside.any(1).view(batch, height, width)
+
+
+def stroke_masks_torch(generator, brushes: torch.Tensor, areas: torch.Tensor, height: int, width: int,
+                       rounds: int = GPU_STROKE_ROUNDS):
+    """Free-form strokes per sample (``brushes``: (B,) index into BRUSH_NAMES; ``areas``: (B, 2)
+    lo/hi): strokes are added while the hole is short of a target drawn in [lo, hi], and one
+    that would pass ``hi`` is dropped and the brush shrunk, as ``strokes`` does."""
+    batch, device = len(brushes), brushes.device
+    table = _brush_table(device)[brushes]
+    total = height * width
+    lo_px = (areas[:, 0] * total - 1e-9).ceil()
+    hi_px = torch.maximum(lo_px, (areas[:, 1] * total + 1e-9).floor())
+    target = (lo_px + torch.rand(batch, generator=generator, device=device) * (hi_px - lo_px + 1)).floor()
+    xs, ys = _grid(height, width, device)
+    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+    count = torch.zeros(batch, device=device)
+    scale = torch.ones(batch, device=device)
+    for _ in range(rounds):
+        trial = mask | _one_stroke(generator, table, scale, height, width, xs, ys)
+        new = trial.flatten(1).sum(1).float()
+        active = count < target
+        accept = active & (new <= hi_px)
+        mask = torch.where(accept[:, None, None], trial, mask)
+        count = torch.where(accept, new, count)
+        scale = torch.where(active & ~accept, scale * SHRINK, scale)
+    for _ in range(max(height, width)):  # rare: grow short masks by one ring at a time
+        short = count < lo_px
+        grown = F.max_pool2d(mask[:, None].float(), 3, 1, 1)[:, 0] > 0
+        mask = torch.where(short[:, None, None], grown, mask)
+        count = mask.flatten(1).sum(1).float()
+    return mask
+
+
+STROKE_KIND_BRUSHES = {"irregular-thin": "thin", "irregular-medium": "medium", "irregular-thick": "thick"}
+
+
+def _stroke_kind_torch(kind, generator, batch, height, width, device):
+    if kind in STROKE_KIND_BRUSHES:
+        brushes = torch.full((batch,), BRUSH_NAMES.index(STROKE_KIND_BRUSHES[kind]), device=device)
+    else:
+        brushes = torch.randint(3, (batch,), generator=generator, device=device)
+    area = DEFAULT_AREAS[kind]
+    if kind == "irregular":  # each brush's own range within 10-50 %
+        ranges = [(max(area[0], DEFAULT_AREAS[f"irregular-{b}"][0]), min(area[1], DEFAULT_AREAS[f"irregular-{b}"][1]))
+                  for b in BRUSH_NAMES]
+    else:
+        ranges = [area] * 3
+    areas = _constant(tuple(ranges), str(device))[brushes]
+    return stroke_masks_torch(generator, brushes, areas, height, width)
+
+
+def hull_fill(points: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool -> the convex hull of each sample's True pixels, as a 16-gon (empty stays empty)."""
+    batch, height, width = points.shape
+    xs, ys = _grid(height, width, points.device)
+    angles = torch.arange(HULL_DIRECTIONS, device=points.device) * math.pi / HULL_DIRECTIONS
+    projection = (torch.cos(angles)[:, None, None] * xs + torch.sin(angles)[:, None, None] * ys)  # K, H, W
+    flat = projection.flatten(1)[None]                                      # 1, K, HW
+    member = points.flatten(1)[:, None]                                     # B, 1, HW
+    high = torch.where(member, flat, torch.full_like(flat, -1e9)).amax(2)   # B, K
+    low = torch.where(member, flat, torch.full_like(flat, 1e9)).amin(2)
+    inside = (flat >= low[:, :, None] - 0.5) & (flat <= high[:, :, None] + 0.5)
+    return inside.all(1).view(batch, height, width)
+
+
+def _dilate_torch(mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    radius = max(1, round(fraction * min(mask.shape[-2:]))) if fraction > 0 else 0
+    if radius == 0:
+        return mask
+    disk = _constant(tuple(map(tuple, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2).tolist())),
+                     str(mask.device))
+    out = F.conv2d(mask[:, None].float(), disk[None, None], padding=radius)
+    return out[:, 0] > 0.5
+
+
+def _rows_and_cols(mask):
+    """Per-sample first/last row and column of True pixels (B,) each; empty -> (H, -1, W, -1)."""
+    batch, height, width = mask.shape
+    xs, ys = _grid(height, width, mask.device)
+    ys, xs = ys.expand_as(mask), xs.expand_as(mask)
+    top = torch.where(mask, ys, 1e9).flatten(1).amin(1)
+    bottom = torch.where(mask, ys, -1e9).flatten(1).amax(1)
+    left = torch.where(mask, xs, 1e9).flatten(1).amin(1)
+    right = torch.where(mask, xs, -1e9).flatten(1).amax(1)
+    return top, bottom, left, right
+
+
+def _shift_down(mask, rows):
+    """Each sample's mask moved down by its own number of ``rows`` (B,)."""
+    batch, height, width = mask.shape
+    source = torch.arange(height, device=mask.device)[None] - rows[:, None].long()   # B, H
+    valid = (source >= 0)[:, :, None]
+    gathered = mask.gather(1, source.clamp_min(0)[:, :, None].expand(batch, height, width))
+    return gathered & valid
+
+
+def _enough(mask, height, width):
+    return mask.flatten(1).sum(1) >= _min_pixels(height, width)
+
+
+def sunglasses_masks_torch(labels: torch.Tensor, dilate: float = 0.015) -> torch.Tensor:
+    """``sunglasses_from_parsing`` in batch on (B, H, W) label maps."""
+    batch, height, width = labels.shape
+    device = labels.device
+    xs, _ = _grid(height, width, device)
+    parts = torch.isin(labels, _constant(EYE_PARTS, str(device), labels.dtype))
+    eyes = torch.isin(labels, _constant((L_EYE, R_EYE, EYEGLASSES), str(device), labels.dtype))
+
+    def mean_x(mask):
+        return (mask * xs).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
+
+    left_eye, right_eye = labels == L_EYE, labels == R_EYE
+    both = left_eye.flatten(1).any(1) & right_eye.flatten(1).any(1)
+    nose = labels == NOSE
+    middle = torch.where(both, (mean_x(left_eye) + mean_x(right_eye)) / 2,
+                         torch.where(nose.flatten(1).any(1), mean_x(nose), mean_x(parts)))
+    canvas = torch.zeros_like(parts)
+    boxes = []
+    for side in (xs[None] < middle[:, None, None], xs[None] >= middle[:, None, None]):
+        own, own_eye = parts & side, eyes & side
+        top, bottom, _, _ = _rows_and_cols(own_eye)
+        drop = torch.where(own_eye.flatten(1).any(1), (0.5 * (bottom - top + 1)).round().clamp_min(1),
+                           torch.zeros_like(top))
+        lens = hull_fill(own | _shift_down(own_eye, drop))
+        canvas |= lens
+        boxes.append(_rows_and_cols(lens))
+    (a_top, a_bottom, _, a_right), (b_top, b_bottom, b_left, _) = boxes
+    row = (torch.maximum(a_top, b_top) + torch.minimum(a_bottom, b_bottom)) / 2
+    half = (0.12 * (torch.minimum(a_bottom - a_top, b_bottom - b_top) + 1)).round().clamp_min(1)
+    xs_b, ys_b = xs[None], _grid(height, width, device)[1][None]
+    bridge = ((ys_b >= (row.round() - half)[:, None, None]) & (ys_b <= (row.round() + half)[:, None, None])
+              & (xs_b >= a_right[:, None, None]) & (xs_b <= b_left[:, None, None]))
+    canvas |= bridge & (b_left > a_right)[:, None, None]
+    result = _dilate_torch(canvas, dilate)
+    fallback = _shape_on("eyes", height, width, str(device))
+    return torch.where(_enough(parts, height, width)[:, None, None], result, fallback)
+
+
+def surgical_masks_torch(labels: torch.Tensor, dilate: float = 0.015) -> torch.Tensor:
+    """``surgical_mask_from_parsing`` in batch on (B, H, W) label maps."""
+    batch, height, width = labels.shape
+    device = labels.device
+    _, ys = _grid(height, width, device)
+    core = torch.isin(labels, _constant(LOWER_PARTS, str(device), labels.dtype))
+    nose = labels == NOSE
+    top = torch.where(nose.flatten(1).any(1), _rows_and_cols(nose)[0], _rows_and_cols(core)[0])
+    eyes = torch.isin(labels, _constant((L_EYE, R_EYE), str(device), labels.dtype))
+    top = torch.where(eyes.flatten(1).any(1), torch.maximum(top, _rows_and_cols(eyes)[1] + 1), top)
+    region = core | ((labels == SKIN) & (ys[None] >= top[:, None, None]))
+    result = _dilate_torch(hull_fill(region), dilate)
+    fallback = _shape_on("lower", height, width, str(device))
+    return torch.where(_enough(core, height, width)[:, None, None], result, fallback)
+
+
+def make_masks_torch(kind: str, generator: torch.Generator, batch: int, size: Size, device,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
+    """A batch of masks of ``kind``: (B, H, W) bool on ``device`` (True = hole). Face-part kinds
+    use ``labels`` (B, H, W parsing maps), or the geometric occluders where it is None."""
+    height, width = _hw(size)
+    if kind == "center":
+        return center_masks_torch(batch, height, width, device)
+    if kind == "random-box":
+        return random_box_masks_torch(generator, batch, height, width, device)
+    if kind in DEFAULT_AREAS:
+        return _stroke_kind_torch(kind, generator, batch, height, width, device)
+    if kind in ("sunglasses", "surgical-mask"):
+        if labels is None:
+            shape = _shape_on("eyes" if kind == "sunglasses" else "lower", height, width, str(device))
+            return shape.expand(batch, height, width).clone()
+        return (sunglasses_masks_torch if kind == "sunglasses" else surgical_masks_torch)(labels)
+    raise ValueError(f"unknown mask kind {kind!r}; known kinds: {', '.join(MASK_KINDS)}")
+
+
 _GENERATORS: dict[str, Callable[..., np.ndarray]] = {
     "center": _center,
     "random-box": _random_box,
@@ -400,4 +663,5 @@ assert tuple(_GENERATORS) == MASK_KINDS
 
 __all__ = ["MASK_KINDS", "make_mask", "mask_generator", "mask_area", "default_parsing_dir", "strokes",
            "sunglasses_from_parsing", "surgical_mask_from_parsing", "load_parsing", "BRUSHES",
-           "DEFAULT_AREAS"]
+           "DEFAULT_AREAS", "make_masks_torch", "stroke_masks_torch", "hull_fill", "sunglasses_masks_torch",
+           "surgical_masks_torch"]

@@ -3,6 +3,7 @@
 Layout written to ``DATA`` (``config.out``)::
 
     train/<stem>.png           lossless RGB, size x size
+    train-NNN.npz              with --pack instead of train/: WebP images in shards of at most 48 MiB
     test/<stem>.png
     masks/<kind>/<stem>.png    one per test image and kind, L mode, 255 = hole
     manifest.json              settings, counts, sharpness scores, split, mask areas, skipped files
@@ -15,6 +16,7 @@ new split does not contain are removed.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from PIL import Image, ImageOps
 from facefill import __version__
 from facefill.config import PrepareConfig
 from facefill.data.masks import MASK_KINDS, make_mask, mask_area
-from facefill.fileio import write_image_atomic, write_json_atomic
+from facefill.fileio import write_bytes_atomic, write_image_atomic, write_json_atomic
 from facefill.imaging import mask_image, resize_rgb
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ DETECT_MARGIN = 1.6               # the Haar box (brows to mouth) enlarged to ta
 DETECT_MAX_SIDE = 640             # detection runs on a copy no larger than this
 DETECT_RAISE = 0.1                # ... and its centre moved up by this fraction of its height
 MIN_SIDE = 8                      # smaller images are skipped
+PACK_FORMAT = "npz shards: stems (str), offsets (int64), bytes (uint8: the WebP images end to end)"
+SHARD_OVERHEAD = 4096              # room kept in each shard for the zip and array headers
 MAX_WARNINGS = 10                 # per-file crop notes logged (all go to the manifest)
 NO_DETECTOR = ("this OpenCV has no Haar face detector (cv2.CascadeClassifier, removed in OpenCV 5); "
                "every image uses the centre square")
@@ -285,6 +289,10 @@ def _check(config: PrepareConfig) -> None:
         raise ValueError(f"unknown mask kind(s) {', '.join(unknown)}; known kinds: {', '.join(MASK_KINDS)}")
     if config.workers < 1:
         raise ValueError(f"workers must be at least 1, got {config.workers}")
+    if not 0 <= config.pack_quality <= 100:
+        raise ValueError(f"pack quality must be in [0, 100], got {config.pack_quality}")
+    if not config.shard_mib > 0:
+        raise ValueError(f"shard size must be positive, got {config.shard_mib}")
 
 
 def _map(function, items, workers: int, description: str) -> list:
@@ -303,6 +311,49 @@ def _map(function, items, workers: int, description: str) -> list:
                 results[index] = future.result()
                 progress.advance(task)
     return results
+
+
+def encode_packed(face: np.ndarray, quality: int) -> bytes:
+    """RGB uint8 -> lossy WebP bytes (a 128 px face takes about 4 KB at quality 90)."""
+    ok, data = cv2.imencode(".webp", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_WEBP_QUALITY, quality])
+    if not ok:
+        raise ValueError("cannot encode WebP")
+    return data.tobytes()
+
+
+def write_shards(out: Path, split: str, items: list[tuple[str, bytes]], shard_mib: float) -> list[dict]:
+    """``items`` (stem, encoded bytes) in order as ``SPLIT-NNN.npz`` files (``stems``, ``offsets``,
+    ``bytes``; no pickles) of at most ``shard_mib`` MiB each, written atomically."""
+    limit = int(shard_mib * 1024 * 1024)
+    groups, current, used = [], [], SHARD_OVERHEAD
+    for stem, data in items:
+        cost = len(data) + 8 + 4 * len(stem) + 4
+        if current and used + cost > limit:
+            groups.append(current)
+            current, used = [], SHARD_OVERHEAD
+        if SHARD_OVERHEAD + cost > limit:
+            raise ValueError(f"{stem}: one packed image is larger than --shard-mib {shard_mib}")
+        current.append((stem, data))
+        used += cost
+    if current:
+        groups.append(current)
+    shards = []
+    for number, group in enumerate(groups):
+        stems = np.array([stem for stem, _ in group])
+        offsets = np.cumsum([0] + [len(data) for _, data in group]).astype(np.int64)
+        blob = np.frombuffer(b"".join(data for _, data in group), np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, stems=stems, offsets=offsets, bytes=blob)
+        name = f"{split}-{number:03d}.npz"
+        write_bytes_atomic(out / name, buffer.getvalue())
+        shards.append({"file": name, "images": len(group), "bytes": buffer.getbuffer().nbytes})
+    return shards
+
+
+def _remove_stale_shards(out: Path, keep: set[str]) -> None:
+    for path in out.glob("train-[0-9][0-9][0-9].npz"):
+        if path.name not in keep:
+            path.unlink()
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:
@@ -381,6 +432,8 @@ def prepare(config: PrepareConfig) -> dict:
     split_of = {**{s: "train" for s in train}, **{s: "test" for s in test}}
     size = config.size
 
+    packed: dict[str, bytes] = {}
+
     def write(stem: str):
         source = by_stem[stem]
         try:
@@ -388,10 +441,13 @@ def prepare(config: PrepareConfig) -> dict:
         except ValueError as error:           # the file changed since pass 1
             return str(error)
         face = resize_rgb(np.ascontiguousarray(_cut(image, source.box)), (size, size))
-        write_image_atomic(out / split_of[stem] / f"{stem}.png", Image.fromarray(face))
+        if config.pack and split_of[stem] == "train":
+            packed[stem] = encode_packed(face, config.pack_quality)
+        else:
+            write_image_atomic(out / split_of[stem] / f"{stem}.png", Image.fromarray(face))
         return None
 
-    for folder in ("train", "test"):
+    for folder in ("test",) if config.pack else ("train", "test"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     failures = _map(write, train + test, config.workers, "writing")
     for stem, reason in zip(train + test, failures):
@@ -414,7 +470,9 @@ def prepare(config: PrepareConfig) -> dict:
         areas = _map(make, list(enumerate(test)), config.workers, f"masks: {kind}")
         masks[kind] = {"count": len(areas), "mean_area": round(float(np.mean(areas)), 6) if areas else None}
 
-    _remove_stale(out / "train", set(train))
+    _remove_stale(out / "train", set() if config.pack else set(train))
+    shards = write_shards(out, "train", [(s, packed[s]) for s in train], config.shard_mib) if config.pack else []
+    _remove_stale_shards(out, {shard["file"] for shard in shards})
     _remove_stale(out / "test", set(test))
     for kind in MASK_KINDS:
         _remove_stale(out / "masks" / kind, set(test) if kind in config.masks else set())
@@ -442,6 +500,9 @@ def prepare(config: PrepareConfig) -> dict:
         "files": {s.stem: s.rel for s in sorted(kept, key=lambda s: s.stem)},
         "facefill_version": __version__,
     }
+    if config.pack:
+        manifest["pack"] = {"format": PACK_FORMAT, "quality": config.pack_quality, "shard_mib": config.shard_mib,
+                            "train": shards}
     if config.identities:
         manifest["split"]["identities"] = {"train": len({identity_of[s] for s in train}),
                                            "test": len({identity_of[s] for s in test})}

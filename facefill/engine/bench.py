@@ -27,7 +27,7 @@ does it (``resolve_methods``).
 
 Speed/quality sweep (``sweep``, instead of the above): for each method / weights file and each
 setting (sampling steps for diffusion methods, latent-search iterations for wgan, or ``ddpm``:
-ancestral DDPM over all T timesteps; ``apply_sampling``), the first ``limit`` test images of a
+ancestral DDPM over all T timesteps; ``sweep_options``), the first ``limit`` test images of a
 prepared data folder are filled with their stored masks in batches of ``batch_size``, with eval's
 filling and metrics (``score_method``): ``warmup`` untimed batches, then one timed pass. Each row
 (``trade_off`` in the JSON, and a Markdown table beside it) has the wall time of the filling alone
@@ -51,9 +51,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from facefill.config import BenchConfig
-from facefill.inference.options import FillOptions
+from facefill.data.augment import DeviceBatches, check_mask_kind
+from facefill.data.dataset import TrainingImages
+from facefill.inference.options import FillOptions, sweep_options
+from facefill.registry import create_method, get_method_class, list_methods
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -281,7 +285,10 @@ def parse_sweep(values) -> tuple[str, ...]:
 
 
 def _validate(config: BenchConfig) -> None:
-    if not config.methods and not config.weights:
+    if config.train:
+        check_mask_kind(config.train_masks)
+        trainable_names(config.methods)
+    elif not config.methods and not config.weights:
         raise ValueError("no methods to benchmark: give --methods and/or --weights")
     if config.sweep:
         parse_sweep(config.sweep)
@@ -402,8 +409,6 @@ def _print_trade_off(console, result: dict) -> None:
 def _check_setting(entry, setting: str) -> None:
     """Apply ``setting`` to the entry's method once, so a method that ignores it (or a step count
     its schedule cannot take) fails before anything is timed."""
-    from facefill.inference.options import sweep_options
-
     try:
         options = sweep_options(entry.inpainter, setting)
     except ValueError as error:
@@ -480,6 +485,137 @@ def markdown_path(out) -> Path:
     return path if path != out else out.with_name(out.name + ".trade_off.md")
 
 
+# ------------------------------------------------------------------------------------ training throughput
+
+def matmul_peak_tflops(device: torch.device, dtype=torch.bfloat16, size: int | None = None,
+                       repeat: int = 5) -> float:
+    """The device's measured matmul rate in ``dtype`` (TFLOP/s): the best of ``repeat`` square matmuls."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    _synchronize(device)
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e12
+
+
+def count_flops(function) -> int | None:
+    """FLOPs torch's FlopCounterMode sees in ``function()``; None where it cannot follow the step
+    (it fails on double backward, e.g. wgan's gradient penalty)."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            function()
+    except RuntimeError as error:
+        log.warning("FLOPs not counted: %s", str(error).splitlines()[0])
+        return None
+    return counter.get_total_flops()
+
+
+def trainable_names(names) -> tuple[str, ...]:
+    if not names:
+        return tuple(n for n in list_methods() if get_method_class(n).trainable)
+    refused = [n for n in names if not get_method_class(n).trainable]
+    if refused:
+        raise ValueError(f"bench --train: {', '.join(refused)} cannot be trained")
+    return tuple(names)
+
+
+def time_training(name: str, config: BenchConfig, device: torch.device, batch_size: int) -> dict:
+    """Training steps of ``name`` (default settings at ``config.size``) as ``facefill train`` runs
+    them: a synthetic set held on the device, batches, augmentation and masks made there, bf16
+    autocast with ``amp``, channels_last on CUDA, ``compile`` if asked."""
+    torch.manual_seed(config.seed)
+    method = create_method(name, size=config.size).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    method.configure_optimizers()
+    if config.compile:
+        for module in method.children():
+            module.compile()
+    count = 4 * batch_size
+    images = synthetic_images(count, config.size, config.seed).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
+    data = TrainingImages(images, np.ones(count), None, np.full(count, -1), images[:0], [])
+    batches = DeviceBatches(data, device, config.train_masks, batch_size, config.seed, frame=True, colour=True,
+                            channels_last=channels_last)
+    method.train()
+
+    def step(number):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
+            method.training_step(batches.batch(number), number)
+
+    for number in range(max(1, config.warmup)):
+        step(number)
+    flops = count_flops(lambda: step(0))
+    _synchronize(device)
+    times = []
+    with PeakMemory(device) as peak:
+        for number in range(config.repeat):
+            start = time.perf_counter()
+            step(number)
+            _synchronize(device)
+            times.append(time.perf_counter() - start)
+    data_times = []
+    for number in range(config.repeat):
+        start = time.perf_counter()
+        batches.batch(number)
+        _synchronize(device)
+        data_times.append(time.perf_counter() - start)
+    step_s, data_s = float(np.median(times)), float(np.median(data_times))
+    return {"method": name, "size": config.size, "batch_size": batch_size, "device": str(device),
+            "amp": config.amp, "channels_last": channels_last, "compile": config.compile,
+            "masks": config.train_masks, "steps": config.repeat,
+            "images_per_s": batch_size * len(times) / sum(times), "step_ms_median": 1000 * step_s,
+            "step_ms_min": 1000 * min(times), "data_ms_median": 1000 * data_s, "data_share": data_s / step_s,
+            "gflop_per_step": flops / 1e9 if flops else None,
+            "achieved_tflops": flops / step_s / 1e12 if flops else None,
+            "parameters": sum(p.numel() for p in method.parameters()), **peak.fields()}
+
+
+def run_train_bench(config: BenchConfig, device: torch.device, console) -> list[dict]:
+    rows = []
+    peaks = {"bf16": matmul_peak_tflops(device), "fp32": matmul_peak_tflops(device, torch.float32)}
+    for name in trainable_names(config.methods):
+        for batch_size in config.batch_sizes:
+            with console.status(f"{name}: training at batch {batch_size}, {config.size} px"):
+                row = time_training(name, config, device, batch_size)
+            achieved = row["achieved_tflops"]
+            row["peak_bf16_tflops"], row["peak_fp32_tflops"] = peaks["bf16"], peaks["fp32"]
+            row["fraction_of_bf16_peak"] = achieved / peaks["bf16"] if achieved else None
+            row["peak_dtype"] = "bf16" if config.amp else "fp32"  # the dtype the step's matmuls ran in
+            row["fraction_of_peak"] = achieved / peaks[row["peak_dtype"]] if achieved else None
+            rows.append(row)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _print_train_table(console, result: dict) -> None:
+    from rich.table import Table
+
+    from facefill.report.tables import format_value
+
+    first = result["train"][0]
+    table = Table(title=f"facefill bench --train - {result['device_name']}; matmul peak bf16 "
+                        f"{first['peak_bf16_tflops']:.3f}, fp32 {first['peak_fp32_tflops']:.3f} TFLOP/s; "
+                        f"% of the {first['peak_dtype']} peak")
+    columns = [("method", None), ("size", None), ("batch", None), ("img/s", 1), ("step ms", 1),
+               ("data ms", 1), ("GFLOP/step", 1), ("% of peak", 2), ("CUDA peak MiB", 0)]
+    for index, (title, _) in enumerate(columns):
+        table.add_column(title, justify="left" if index == 0 else "right", no_wrap=index == 0)
+    for row in result["train"]:
+        share = None if row["fraction_of_peak"] is None else 100 * row["fraction_of_peak"]
+        values = [row["method"], row["size"], row["batch_size"], row["images_per_s"], row["step_ms_median"],
+                  row["data_ms_median"], row["gflop_per_step"], share, row["cuda_peak_mb"]]
+        table.add_row(*[str(v) if d is None or v is None else format_value(v, d) for v, (_, d) in zip(values, columns)])
+    console.print(table)
+
+
 # ---------------------------------------------------------------------------------------------- run
 
 def measure_methods(config: BenchConfig, device: torch.device,
@@ -552,7 +688,11 @@ def run_bench(config: BenchConfig) -> dict:
     _validate(config)
     device = resolve_device(config.device)
     console = Console()
-    if config.sweep:
+    train_rows = []
+    if config.train:
+        rows, pipeline, skipped, trade_off = [], [], "--train: training throughput only", []
+        train_rows = run_train_bench(config, device, console)
+    elif config.sweep:
         rows, pipeline, skipped = [], [], "--sweep: the trade-off sweep replaces the synthetic measurements"
         trade_off = run_trade_off(config, device, console)
     else:
@@ -563,7 +703,7 @@ def run_bench(config: BenchConfig) -> dict:
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
               "facefill_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
               "config": dataclasses.asdict(config), "rows": rows, "pipeline": pipeline,
-              "pipeline_skipped": skipped, "trade_off": trade_off,
+              "pipeline_skipped": skipped, "trade_off": trade_off, "train": train_rows,
               "definitions": {
                   "images_per_s": "batch size x timed runs / total timed seconds (method alone, inputs on device)",
                   "latency_ms": "wall time of one inpaint call on one batch (median, 90th percentile)",
@@ -573,12 +713,21 @@ def run_bench(config: BenchConfig) -> dict:
                   "overhead_pct": "overhead_s_per_image / pipeline s/image x 100",
                   "trade_off": "per (method, setting): the first `limit` test images of `data` filled with "
                                "their stored `masks` masks; seconds = filling alone after warm-up; "
-                               "psnr/ssim = eval's means"}}
+                               "psnr/ssim = eval's means",
+                  "train": "per (method, batch): `repeat` timed training steps after `warmup`, each making its "
+                           "batch on the device (gather, augmentation, masks) and running training_step; "
+                           "images_per_s = batch x steps / their seconds; data_ms = batch making alone; "
+                           "gflop_per_step = torch FlopCounterMode over one step (matmuls and convolutions, "
+                           "forward and backward); fraction_of_peak = achieved / the matmul rate "
+                           "measured in the same command in the step's dtype (peak_dtype: bf16 with --amp, else "
+                           "fp32); fraction_of_bf16_peak = achieved / the bf16 rate"}}
     if trade_off:
         result["trade_off_markdown"] = str(markdown_path(config.out))
     write_json(config.out, result)
     if trade_off:
         write_markdown(result["trade_off_markdown"], trade_off_markdown(result))
     _print_tables(console, result)
+    if train_rows:
+        _print_train_table(console, result)
     console.print(f"wrote {config.out}" + (f" and {result['trade_off_markdown']}" if trade_off else ""))
     return result

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from facefill.checkpoint import (config_from_dict, export_weights, load_checkpoint, method_from_payload,
-                                 save_checkpoint)
+from facefill.checkpoint import (WeightsError, config_from_dict, export_weights, load_checkpoint,
+                                 method_from_payload, remove_parts, save_checkpoint)
 from facefill.config import TrainConfig, config_dict
-from facefill.data.dataset import FaceDataset, list_split
+from facefill.data.augment import DeviceBatches, augment, check_mask_kind
+from facefill.data.dataset import EpochSampler, FaceDataset, load_training_images, parse_data_spec, read_manifest
 from facefill.devices import resolve_device
 from facefill.fileio import write_image_atomic, write_json_atomic
 from facefill.inference.options import FillOptions
@@ -31,6 +32,7 @@ from facefill.registry import create_method
 
 log = logging.getLogger(__name__)
 CKPT_PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
+DATA_ON = ("device", "workers")
 
 
 # ---------------------------------------------------------------- distributed
@@ -115,22 +117,11 @@ class EMA:
 
 
 # ---------------------------------------------------------------- run folder
-class ResumableSampler(DistributedSampler):
-    """A DistributedSampler that can start part-way into an epoch without loading the skipped items."""
-
-    start = 0
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self):
-        return max(0, super().__len__() - self.start)
-
-
 class RunFolder:
-    def __init__(self, path, keep_last: int):
+    def __init__(self, path, keep_last: int, part_mib: float | None = None):
         self.path = Path(path)
         self.keep_last = keep_last
+        self.part_mib = part_mib
         self.samples = self.path / "samples"
 
     def checkpoints(self) -> list[Path]:
@@ -141,11 +132,35 @@ class RunFolder:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    def newest_readable(self, map_location="cpu", report: bool = True) -> tuple[Path | None, dict | None]:
+        """The newest checkpoint that loads; with ``report``, each unreadable newer one is named in a
+        warning, and a run left without one (a kill during its first write) is said to start over."""
+        for path in reversed(self.checkpoints()):
+            try:
+                return path, load_checkpoint(path, map_location=map_location)
+            except WeightsError as error:
+                if report:
+                    log.warning("%s; trying the previous checkpoint", error)
+        if report:
+            self._report_no_checkpoint()
+        return None, None
+
+    def _report_no_checkpoint(self) -> None:
+        unfinished = sorted(p.name for p in self.path.glob(".ckpt-*.tmp*"))
+        if unfinished:
+            log.warning("%s: no complete checkpoint to resume from (an interrupted checkpoint write left %s); "
+                        "starting again from step 0", self.path, ", ".join(unfinished))
+            for name in unfinished:
+                (self.path / name).unlink(missing_ok=True)
+        elif self.path.is_dir() and (self.path / "log.jsonl").exists():
+            log.warning("%s: no checkpoint to resume from; starting again from step 0", self.path)
+
     def save(self, state: dict, step: int) -> Path:
         path = self.path / f"ckpt-{step:07d}.pt"
-        save_checkpoint(path, state)
+        save_checkpoint(path, state, self.part_mib)
         for old in self.checkpoints()[:-self.keep_last]:
             old.unlink(missing_ok=True)
+            remove_parts(old)
         return path
 
     def log(self, record: dict) -> None:
@@ -153,53 +168,119 @@ class RunFolder:
             stream.write(json.dumps(record) + "\n")
 
 
+def check_train_config(config: TrainConfig) -> None:
+    """Bad numbers and names as one-line errors before anything is loaded or written."""
+    at_least = {"batch_size": 1, "log_every": 1, "val_every": 1, "ckpt_every": 1, "keep_last": 1,
+                "workers": 0, "val_images": 0}
+    for name, least in at_least.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}")
+    for name in ("steps", "epochs"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+    for name in ("time_limit", "part_mib", "lr"):
+        value = getattr(config, name)
+        if value is not None and not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+    if config.ema is not None and not 0 < config.ema < 1:
+        raise ValueError(f"--ema must lie in (0, 1), got {config.ema!r}")
+    if config.data_on not in DATA_ON:
+        raise ValueError(f"--data-on must be one of {', '.join(DATA_ON)}, got {config.data_on!r}")
+    if not config.data:
+        raise ValueError("--data: give at least one prepared data folder")
+    for spec in config.data:
+        parse_data_spec(spec)
+    check_mask_kind(config.masks)
+
+
+def stored_settings(out) -> dict:
+    """The train settings (``method`` and ``method_settings`` included) of the run folder's newest
+    readable checkpoint; ``{}`` when it has none. ``--resume`` starts from these."""
+    path, state = RunFolder(out, keep_last=1).newest_readable(report=False)
+    if state is None:
+        return {}
+    settings = dict(state.get("train_config") or {})
+    settings["method"] = state.get("method", settings.get("method"))
+    settings["method_settings"] = {k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in dict(settings.get("method_settings") or ()).items()}
+    return settings
+
+
 # ---------------------------------------------------------------- the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
+        check_train_config(config)
         self.config = config
         self.rank, self.world, self.device = init_distributed(config.device)
         self.is_main = self.rank == 0
         seed_everything(config.seed + self.rank)
-        manifest = _read_manifest(config.data)
-        self.size = config.size or manifest.get("size")
+        specs = [parse_data_spec(spec)[0] for spec in config.data]
+        self.size = config.size or read_manifest(specs[0]).get("size")
         if not self.size:
-            raise ValueError(f"{config.data}: manifest.json has no size; pass --size")
+            raise ValueError(f"{specs[0]}: manifest.json has no size; pass --size")
         settings = dict(config.method_settings)
         settings["size"] = self.size
         if config.lr is not None:
             settings["lr"] = config.lr
         self.method = create_method(config.method, **settings).to(self.device)
+        if config.init_from:
+            self._init_from(config.init_from)
+        self.channels_last = (self.device.type == "cuda") if config.channels_last is None else config.channels_last
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
         broadcast_parameters(self.method)
         self.optimizers = self.method.configure_optimizers()
+        if config.compile:
+            for module in self.method.children():
+                module.compile()
         self.ema = EMA(self.method.inference_modules(), config.ema) if config.ema else None
-        self.run = RunFolder(config.out, config.keep_last)
+        self.run = RunFolder(config.out, config.keep_last, config.part_mib)
         self.step, self.epoch, self.best_psnr, self.seconds = 0, 0, -math.inf, 0.0
-        self._build_data(manifest)
+        self._build_data()
 
-    def _build_data(self, manifest):
+    def _init_from(self, weights) -> None:
+        """A shipped weights file's inference networks (the generator) as the starting point."""
+        payload = load_checkpoint(weights)
+        if not isinstance(payload, dict) or "state_dict" not in payload:
+            raise WeightsError(f"{weights}: not a facefill weights file (no state_dict)")
+        if payload.get("method") != self.method.name:
+            raise WeightsError(f"{weights}: holds {payload.get('method')!r} weights, not {self.method.name!r}")
+        try:
+            self.method.load_export_state(payload["state_dict"])
+        except (RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise WeightsError(f"{weights}: does not fit this {self.method.name} configuration ({first})") from None
+
+    def _build_data(self):
         config = self.config
-        files = list_split(config.data, "train")
-        val_count = min(config.val_images, len(files) // 5)
-        train_files, val_files = files[: len(files) - val_count], files[len(files) - val_count:]
-        self.train_set = FaceDataset(train_files, self.size, config.masks)
-        val_kind = "center" if config.masks == "mix" else config.masks
-        self.val_set = FaceDataset(val_files, self.size, val_kind, flip=False, fixed_masks=True,
-                                   seed=config.seed) if val_files else None
-        self.sampler = ResumableSampler(self.train_set, num_replicas=self.world, rank=self.rank,
-                                          shuffle=True, seed=config.seed, drop_last=True)
+        data = load_training_images(config.data, self.size, config.val_images)
         self.per_rank = max(1, config.batch_size // self.world)
-        # The loader's own generator keeps its seed draws off the global RNG, which resume restores.
-        self.loader = DataLoader(self.train_set, batch_size=self.per_rank, sampler=self.sampler, drop_last=True,
-                                 num_workers=config.workers, pin_memory=self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(config.seed))
-        self.steps_per_epoch = len(self.loader)
+        val_kind = "center" if config.masks == "mix" else config.masks
+        self.val_set = FaceDataset(data.val_images, self.size, val_kind, flip=False, fixed_masks=True,
+                                   seed=config.seed) if len(data.val_images) else None
+        self.steps_per_epoch = len(data.images) // (self.per_rank * self.world)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{config.data}: {len(self.train_set)} training images is fewer than one batch "
-                             f"of {self.per_rank}; lower --batch-size")
+            raise ValueError(f"{', '.join(config.data)}: {len(data.images)} training images is fewer than one "
+                             f"batch of {self.per_rank}; lower --batch-size")
+        # frame and colour augmentation run on the device in both paths, from this generator
+        self.device_batches = DeviceBatches(data, self.device, config.masks, self.per_rank, config.seed, self.rank,
+                                            self.world, frame=config.augment, colour=config.augment,
+                                            channels_last=self.channels_last) if config.data_on == "device" else None
+        if config.data_on == "workers":
+            self.train_set = FaceDataset(data.images, self.size, config.masks, seed=config.seed)
+            self.sampler = EpochSampler(data.weights, config.seed, self.rank, self.world, self.per_rank)
+            self.loader = DataLoader(self.train_set, batch_size=self.per_rank, sampler=self.sampler, drop_last=True,
+                                     num_workers=config.workers, pin_memory=self.device.type == "cuda",
+                                     persistent_workers=False)
+            self.generator = torch.Generator(device=self.device).manual_seed(config.seed + self.rank)
         self.total_steps = config.steps or (config.epochs or 1) * self.steps_per_epoch
-        self.data_info = {"data": str(config.data), "train_images": len(train_files),
-                          "val_images": len(val_files), "source": manifest.get("source"),
-                          "split": "train split minus the last val_images for validation; test split held out"}
+        self.data_info = {"data": ", ".join(config.data), "sets": data.sources,
+                          "train_images": len(data.images), "val_images": len(data.val_images),
+                          "source": ", ".join(str(read_manifest(s["data"]).get("source")) for s in data.sources),
+                          "split": "train splits (the first set's last val_images for validation); "
+                                   "test splits held out"}
 
     # ------------------------------------------------------------ state
     def state(self) -> dict:
@@ -209,18 +290,27 @@ class Trainer:
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "ema": self.ema.state_dict() if self.ema else None,
                 "step": self.step, "epoch": self.epoch, "best_psnr": self.best_psnr,
-                "train_seconds": self.seconds, "rng": rng_state(), "data": self.data_info,
-                "device": _device_name(self.device), "command": _command_line(),
+                "train_seconds": self.seconds, "rng": rng_state(), "batches": self._batch_state(),
+                "data": self.data_info, "device": _device_name(self.device), "command": _command_line(),
                 "total_steps": self.total_steps}
 
+    def _batch_state(self) -> dict:
+        if self.device_batches is not None:
+            return self.device_batches.state_dict()
+        return {"generator": self.generator.get_state(), "device": self.device.type}
+
     def resume(self) -> bool:
-        path = self.run.last()
-        if path is None:
+        path, state = self.run.newest_readable(map_location=self.device)
+        if state is None:
             return False
-        state = load_checkpoint(path, map_location=self.device)
         if state.get("method") != self.method.name:
             raise ValueError(f"{path}: a {state.get('method')} checkpoint, not {self.method.name}")
-        self.method.load_state_dict(state["model"])
+        try:
+            self.method.load_state_dict(state["model"])
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise ValueError(f"{path}: does not fit this {self.method.name} configuration ({first}); "
+                             f"resume without --set to use the checkpoint's settings") from None
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         if self.ema and state.get("ema"):
@@ -228,18 +318,40 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.best_psnr, self.seconds = state["best_psnr"], state["train_seconds"]
         set_rng_state(state["rng"])
+        self._load_batch_state(state.get("batches") or {}, path)
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
+    def _load_batch_state(self, state: dict, path) -> None:
+        if self.device_batches is not None:
+            same = self.device_batches.load_state_dict(state, self.step)
+        elif state.get("device") == self.device.type:
+            self.generator.set_state(state["generator"])
+            same = True
+        else:
+            same = not state
+        if not same:
+            log.warning("%s: saved on a %s device; masks and augmentation continue from a new seed here",
+                        path, state.get("device"))
+
     # ------------------------------------------------------------ loop
     def batches(self):
-        """Endless batches; the epoch's order depends only on (seed, epoch), so a resumed run
-        skips the batches it already saw and continues with the same order."""
+        """Endless batches; the order depends only on (seed, epoch) and each item's randomness on
+        its place in the epoch, so a resumed run continues exactly, with loader workers too."""
+        if self.device_batches is not None:
+            while True:
+                yield self.device_batches.batch(self.step)
         while True:
-            self.sampler.set_epoch(self.epoch)
+            self.epoch = self.step // self.steps_per_epoch
+            self.sampler.epoch = self.epoch
             self.sampler.start = (self.step - self.epoch * self.steps_per_epoch) * self.per_rank
-            yield from self.loader
-            self.epoch += 1
+            for batch in self.loader:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                if self.config.augment:
+                    batch["image"], _ = augment(batch["image"], self.generator)
+                if self.channels_last:
+                    batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+                yield batch
 
     def fit(self) -> dict:
         config = self.config
@@ -258,17 +370,20 @@ class Trainer:
         batches = self.batches()
         stopped_early = False
         while self.step < self.total_steps:
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
+            batch = next(batches)
             with autocast:
                 logs = self.method.training_step(batch, self.step)
             self.step += 1
+            self.epoch = self.step // self.steps_per_epoch
             if self.ema:
                 self.ema.update(self.method.inference_modules(), self.step)
             self.seconds = seconds_before + time.time() - start
             progress.update(1)
-            progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items()}, refresh=False)
-            if self.is_main and (self.step % config.log_every == 0 or self.step == 1):
-                self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2), **logs})
+            if self.step % config.log_every == 0 or self.step == 1:
+                progress.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items()}, refresh=False)
+                if self.is_main:
+                    self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
+                                  **{k: float(v) for k, v in logs.items()}})
             if self.val_set is not None and self.step % config.val_every == 0:
                 self.validate()
             if self.step % config.ckpt_every == 0:
@@ -328,7 +443,7 @@ class Trainer:
             _save_samples(self.run.samples / f"step-{self.step:07d}.png", *first)
             if psnr > self.best_psnr:
                 self.best_psnr = psnr
-                save_checkpoint(self.run.path / "best.pt", self.state())
+                save_checkpoint(self.run.path / "best.pt", self.state(), self.config.part_mib)
         return psnr
 
 
@@ -439,13 +554,6 @@ def _steps_per_epoch(state) -> int:
 
 
 # ---------------------------------------------------------------- helpers
-def _read_manifest(data) -> dict:
-    path = Path(data) / "manifest.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; run `facefill prepare SRC {data}` first")
-    return json.loads(path.read_text())
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

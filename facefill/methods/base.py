@@ -74,8 +74,12 @@ class TrainableInpainter(Inpainter, nn.Module):
             module.load_state_dict(state[name])
 
     def adam(self, module: nn.Module, betas: tuple | None = None) -> torch.optim.Adam:
-        """Adam over ``module`` with the config's ``lr`` and ``betas`` (the papers' optimiser)."""
-        return torch.optim.Adam(module.parameters(), lr=self.config.lr, betas=tuple(betas or self.config.betas))
+        """Adam over ``module`` with the config's ``lr`` and ``betas`` (the papers' optimiser): the
+        fused kernel on CUDA, the multi-tensor (foreach) one elsewhere."""
+        parameters = list(module.parameters())
+        on_cuda = bool(parameters) and all(p.device.type == "cuda" for p in parameters)
+        speed = {"fused": True} if on_cuda else {"foreach": True}
+        return torch.optim.Adam(parameters, lr=self.config.lr, betas=tuple(betas or self.config.betas), **speed)
 
     def optimise(self, name: str, loss: torch.Tensor, clip: float | None = None) -> None:
         """zero_grad, backward, gradient averaging across ranks, optional clipping, step."""
