@@ -431,7 +431,6 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
 
     from facefill.config import EvalConfig
     from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
-    from facefill.inference.options import sweep_options
 
     settings = parse_sweep(config.sweep)
     items, shape, size = load_test_split(config.data, config.masks, config.limit)
