@@ -114,6 +114,28 @@ def test_a_hole_that_covers_no_face_is_filled_by_the_square_around_it():
     assert np.allclose(fits[0].matrix[:, :2], np.eye(2) * 64 / 200)
 
 
+class AnySize(Grey):
+    """A fully convolutional fake: native 64 px, fills smaller crops at their own side."""
+
+    def fill_size(self, side):
+        return min(self.size, -(-int(side) // 8) * 8)
+
+
+def test_a_method_with_fill_size_fills_small_crops_at_their_own_resolution():
+    image = photo(300, [])
+    hole = np.zeros((300, 300), bool)
+    hole[100:110, 100:110] = True                # context square: max(2 x 10, 64) = 64 px
+    small = np.zeros((40, 40), bool)
+    small[10:20, 10:20] = True                   # a 40 px aligned face: filled at 40, not enlarged to 64
+    model = AnySize(64)
+    fill_batch(model, [image, image[:40, :40].copy()], [hole, small], settings=PasteSettings(aligned=True))
+    assert sorted(seen.shape[-1] for seen, _ in model.seen) == [40, 64]
+    fits = plan_fits(0, image[:40, :40], small, 64, FRAMINGS["celeba-hq"], aligned=True, size_for=model.fill_size)
+    assert fits[0].image.shape == (40, 40, 3) and np.allclose(fits[0].matrix[:, :2], np.eye(2))
+    grown = plan_fits(0, image, hole, 64, FRAMINGS["celeba-hq"], aligned=False, size_for=model.fill_size)
+    assert grown[0].image.shape == (64, 64, 3)
+
+
 def test_aligned_skips_detection(monkeypatch):
     import facefill.inference.fitting as fitting
 

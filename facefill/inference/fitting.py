@@ -19,6 +19,8 @@ Per image:
    pixels (``feather=0``: the fill replaces every hole pixel).
 
 Methods that take any size (``inpainter.size`` None: the classical ones) fill at full resolution.
+A fully convolutional method with ``fill_size(side)`` (ffc-unet-gan) fills each crop at the size
+it picks for the crop's side in photo pixels, up to its native size.
 """
 from __future__ import annotations
 
@@ -181,22 +183,35 @@ def inside_square(hole: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
 # ------------------------------------------------------------------------------------- planning
 
 def plan_fits(index: int, image: np.ndarray, hole: np.ndarray, size: int | None, framing: Framing,
-              aligned: bool) -> list[Fit]:
-    """The crops that together fill ``hole`` (see the module docstring)."""
+              aligned: bool, size_for=None) -> list[Fit]:
+    """The crops that together fill ``hole`` (see the module docstring). ``size_for(side)``, for
+    a fully convolutional method, picks the fill size of a crop of ``side`` photo pixels (a face
+    smaller than the native size is filled at its own resolution, not enlarged)."""
     if size is None:
         return [Fit(index, None, hole, image, hole)]
     parts = []
     if not aligned:
         for face, part in assign_to_faces(image, hole):
-            matrix = face_transform(face, framing, size)
-            covered = inside_square(part, matrix, size)
-            parts.append((matrix, covered))
+            matrix, side = _sized(lambda s: face_transform(face, framing, s), size, size_for)
+            covered = inside_square(part, matrix, side)
+            parts.append((matrix, side, covered))
             hole = hole & ~covered
     if hole.any():
         box = crop_box(hole) if aligned else context_box(hole, size)
-        parts.append((box_transform(box, size), hole))
-    return [Fit(index, matrix, part, warp_in(image, matrix, size), hole_in(part, matrix, size))
-            for matrix, part in parts]
+        matrix, side = _sized(lambda s: box_transform(box, s), size, size_for)
+        parts.append((matrix, side, hole))
+    return [Fit(index, matrix, part, warp_in(image, matrix, side), hole_in(part, matrix, side))
+            for matrix, side, part in parts]
+
+
+def _sized(transform, size: int, size_for) -> tuple[np.ndarray, int]:
+    """(photo -> model matrix, fill size): ``transform(size)``, or the size ``size_for`` picks
+    for the crop's side in photo pixels."""
+    matrix = transform(size)
+    if size_for is None:
+        return matrix, size
+    chosen = int(size_for(crop_side(matrix, size)))
+    return (matrix, size) if chosen == size else (transform(chosen), chosen)
 
 
 def assign_to_faces(image: np.ndarray, hole: np.ndarray) -> list[tuple[object, np.ndarray]]:
@@ -282,6 +297,7 @@ def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], dev
     options = options or FillOptions()
     framing = framing or framing_for(getattr(inpainter, "weights_meta", None))
     size = getattr(inpainter, "size", None)
+    size_for = getattr(inpainter, "fill_size", None)
     results, cores, groups = [], [], defaultdict(list)
     for index, (image, mask) in enumerate(zip(images, masks)):
         image, mask = _check_pair(image, mask)
@@ -290,7 +306,7 @@ def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], dev
         if settings.dilate and mask.any():
             mask = cv2.dilate(mask.astype(np.uint8), _disc(settings.dilate)) > 0
         if mask.any():
-            for fit in plan_fits(index, image, mask, size, framing, settings.aligned):
+            for fit in plan_fits(index, image, mask, size, framing, settings.aligned, size_for):
                 groups[fit.image.shape].append(fit)
     step = max(1, int(batch_size))
     for members in groups.values():
@@ -303,11 +319,6 @@ def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], dev
 
 def _disc(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
-def fit_scale(fit: Fit, size: int) -> float:
-    """Photo pixels per model pixel for ``fit`` (1 at full resolution)."""
-    return 1.0 if fit.matrix is None else crop_side(fit.matrix, size) / size
 
 
 __all__ = ["PasteSettings", "Fit", "crop_box", "box_transform", "warp_in", "hole_in", "plan_fits",
