@@ -210,12 +210,25 @@ def card_psnr(card: dict) -> float:
     return card.get("metrics", {}).get("center", {}).get("psnr", float("-inf"))
 
 
+def fills_any_size(card: dict) -> bool:
+    """Whether the card's method is fully convolutional (it has ``fill_size``): one weights file
+    that fills crops of every size, so it fits images of any size."""
+    try:
+        return hasattr(get_method_class(card["method"]), "fill_size")
+    except KeyError:
+        return False
+
+
 def best_shipped(size: int | None = None, method: str | None = None) -> dict | None:
-    """The shipped card to use: for ``method`` if given, else the best centre-mask PSNR;
-    among sizes, the smallest native size that is at least ``size`` (else the largest)."""
+    """The shipped card to use: for ``method`` if given, else the best centre-mask PSNR of the
+    methods that fill any size (the default model), else of all; among fixed sizes, the smallest
+    native size that is at least ``size`` (else the largest)."""
     cards = [c for c in shipped_cards() if method is None or c["method"] == method]
     if not cards:
         return None
+    any_size = [c for c in cards if fills_any_size(c)]
+    if method is None and any_size:
+        return max(any_size, key=card_psnr)
     if size is not None:
         sizes = sorted({c["size"] for c in cards})
         fitting = [s for s in sizes if s >= size]

@@ -337,3 +337,22 @@ def test_torchrun_ranks_share_the_files(tmp_path, monkeypatch):
         done.append(set(summary["done"]))
     assert done[0] and done[1] and not done[0] & done[1]
     assert len(done[0] | done[1]) == 6
+
+
+def test_the_default_is_the_shipped_model_that_fills_any_size(tmp_path, monkeypatch):
+    from facefill.checkpoint import best_shipped
+
+    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
+
+    def ship(stem, method, size, psnr):
+        (tmp_path / f"{stem}.pt").write_bytes(b"")
+        (tmp_path / f"{stem}.json").write_text(json.dumps(
+            {"method": method, "size": size, "metrics": {"center": {"psnr": psnr}}}))
+
+    ship("dense-gan-128", "dense-gan", 128, 24.7)
+    ship("dense-gan-64", "dense-gan", 64, 24.2)
+    assert best_shipped(128)["method"] == "dense-gan" and best_shipped(64)["size"] == 64
+    ship("ffc-unet-gan-256", "ffc-unet-gan", 256, 22.0)   # scored on other data: PSNRs do not compare
+    for size in (64, 128, 256, 1024):
+        assert best_shipped(size)["method"] == "ffc-unet-gan"
+    assert best_shipped(128, "dense-gan")["size"] == 128     # a named method keeps its own cards
