@@ -379,12 +379,10 @@ class Trainer:
                 self.ema.update(self.method.inference_modules(), self.step)
             self.seconds = seconds_before + time.time() - start
             progress.update(1)
-            if self.step % config.log_every == 0 or self.step == 1:  # the only steps that wait for the device
+            if self.is_main and (self.step % config.log_every == 0 or self.step == 1):  # only logged steps wait
                 values = host_logs(logs)
                 progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
-                if self.is_main:
-                    self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
-                                  **values})
+                self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2), **values})
             if self.val_set is not None and self.step % config.val_every == 0:
                 self.validate()
             if self.step % config.ckpt_every == 0:
