@@ -59,7 +59,7 @@ def test_training_step_updates_every_network_with_finite_losses(name):
     method = tiny_method(name).train()
     before = {k: v.clone() for k, v in method.state_dict().items() if v.dtype.is_floating_point}
     logs = method.training_step(batch(), 0)
-    assert logs and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert logs and all(torch.isfinite(torch.as_tensor(v)) for v in logs.values())
     after = method.state_dict()
     for network in ("generator", "discriminator"):
         keys = [k for k in before if k.startswith(network + ".") and "weight" in k]

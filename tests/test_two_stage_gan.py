@@ -103,7 +103,7 @@ def test_training_step_updates_every_stage_and_discriminator(stages):
     method = tiny_method(stages=stages).train()
     before = {k: v.clone() for k, v in method.state_dict().items() if v.dtype.is_floating_point}
     logs = method.training_step(batch(), 0)
-    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in logs.values())
     assert {f"content{stages}", f"g_adv{stages}", f"tv{stages}", "d_loss"} <= set(logs)
     after = method.state_dict()
     for prefix in [f"generator.stages.{i}." for i in range(stages)] + [f"discriminators.{i}." for i in range(stages)] \

@@ -84,7 +84,7 @@ def test_training_step_updates_critic_and_generator_and_logs_the_wasserstein_est
     before = {k: v.clone() for k, v in method.state_dict().items()}
     logs = method.training_step(batch(), 0)
     assert {"wasserstein", "gp", "d_loss", "g_adv"} <= set(logs)
-    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in logs.values())
     after = method.state_dict()
     for network in ("generator", "critic"):
         keys = [k for k in before if k.startswith(network + ".") and "weight" in k]

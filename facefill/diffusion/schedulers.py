@@ -38,6 +38,7 @@ class NoiseScheduler:
         self.num_train_timesteps = len(self.betas)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
+        self._tables: dict[torch.device, torch.Tensor] = {}
         self.clip_sample = clip_sample
         self.set_timesteps(self.num_train_timesteps)
 
@@ -58,9 +59,16 @@ class NoiseScheduler:
 
     def alpha_bar_at(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """alpha-bar for each timestep in ``t`` (an int or a B tensor), shaped to broadcast over ``like``."""
-        index = torch.as_tensor(t, dtype=torch.long).cpu().reshape(-1)
-        values = self.alphas_cumprod[index].to(device=like.device, dtype=like.dtype)
-        return values.view(-1, *([1] * (like.dim() - 1)))
+        table = self._alphas_cumprod_on(like.device)
+        values = table[t.long()] if torch.is_tensor(t) else table[int(t)]  # a device t stays on the device
+        return values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def _alphas_cumprod_on(self, device: torch.device) -> torch.Tensor:
+        """alpha-bar on ``device``, copied there once: indexing it with timesteps drawn on the
+        device needs no trip through the host (a synchronisation every training step)."""
+        if device not in self._tables:
+            self._tables[device] = self.alphas_cumprod.to(device)
+        return self._tables[device]
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """q(x_t | x_0): sqrt(alpha-bar_t) x0 + sqrt(1 - alpha-bar_t) eps."""

@@ -379,11 +379,10 @@ class Trainer:
                 self.ema.update(self.method.inference_modules(), self.step)
             self.seconds = seconds_before + time.time() - start
             progress.update(1)
-            if self.step % config.log_every == 0 or self.step == 1:
-                progress.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items()}, refresh=False)
-                if self.is_main:
-                    self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2),
-                                  **{k: float(v) for k, v in logs.items()}})
+            if self.is_main and (self.step % config.log_every == 0 or self.step == 1):  # only logged steps wait
+                values = host_logs(logs)
+                progress.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                self.run.log({"step": self.step, "epoch": self.epoch, "seconds": round(self.seconds, 2), **values})
             if self.val_set is not None and self.step % config.val_every == 0:
                 self.validate()
             if self.step % config.ckpt_every == 0:
@@ -445,6 +444,15 @@ class Trainer:
                 self.best_psnr = psnr
                 save_checkpoint(self.run.path / "best.pt", self.state(), self.config.part_mib)
         return psnr
+
+
+def host_logs(logs: dict) -> dict[str, float]:
+    """A step's logs (see ``TrainableInpainter.training_step``) as Python floats, in their order: the
+    device tensors stacked and copied to the host in one transfer, one synchronisation."""
+    names = [name for name, value in logs.items() if torch.is_tensor(value)]
+    copied = torch.stack([logs[name].detach().float().reshape(()) for name in names]).tolist() if names else []
+    floats = dict(zip(names, copied))
+    return {name: floats[name] if name in floats else float(value) for name, value in logs.items()}
 
 
 def train(config: TrainConfig) -> dict:

@@ -53,8 +53,14 @@ class TrainableInpainter(Inpainter, nn.Module):
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
-    def training_step(self, batch: dict, step: int) -> dict[str, float]:
-        """One optimisation step on ``batch`` ({image, mask}); returns scalar logs."""
+    def training_step(self, batch: dict, step: int) -> dict[str, torch.Tensor | float]:
+        """One optimisation step on ``batch`` ({image, mask}); returns the step's logs by name.
+
+        Loss values are detached 0-dim tensors left on the device (``loss.detach()``), and values
+        the host already knows (a learning rate, a phase) plain numbers. A step never moves a device
+        value to the host: no ``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, no Python ``if`` on a
+        tensor, no host tensor copied to the device. Each of these waits for the device to finish
+        its queued work; the trainer converts the logs once, on the steps it logs."""
         raise NotImplementedError
 
     def inference_modules(self) -> dict[str, nn.Module]:

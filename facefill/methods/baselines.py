@@ -45,7 +45,7 @@ class Autoencoder(GeneratorInpainter):
         output = self.generate(image, mask)
         rec = masked_mse(output, image * 2 - 1, mask, valid_weight=self.config.valid_weight)
         self.optimise("generator", rec)
-        return {"rec": rec.item(), "loss": rec.item()}
+        return {"rec": rec.detach(), "loss": rec.detach()}
 
 
 class ContextEncoderNet(nn.Module):
@@ -109,4 +109,4 @@ class ContextEncoder(GeneratorInpainter):
         g_adv = gan_g_loss(self.discriminator(completed))
         loss = self.config.rec_weight * rec + self.config.adv_weight * g_adv
         self.optimise("generator", loss)
-        return {"d_loss": d_loss.item(), "rec": rec.item(), "g_adv": g_adv.item(), "loss": loss.item()}
+        return {"d_loss": d_loss.detach(), "rec": rec.detach(), "g_adv": g_adv.detach(), "loss": loss.detach()}

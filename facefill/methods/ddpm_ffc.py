@@ -13,6 +13,7 @@ is noised; after the last step it is replaced by the exact known pixels, so they
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -91,6 +92,13 @@ class CosineDecay:
         return rate
 
 
+@functools.cache
+def luma_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """ITU-R 601 luma weights (1x3x1x1), made once per device: a fresh host tensor copied to the
+    device every step would wait for the device to finish its queued work."""
+    return torch.tensor([0.299, 0.587, 0.114], dtype=dtype).view(1, 3, 1, 1).to(device)
+
+
 def augment(image: torch.Tensor, crop_scale: float, jitter: float) -> torch.Tensor:
     """Per image: a random-resized crop (side fraction in [crop_scale, 1], anywhere inside the
     image, resized back) and brightness/contrast/saturation jitter within +-``jitter``."""
@@ -113,7 +121,7 @@ def augment(image: torch.Tensor, crop_scale: float, jitter: float) -> torch.Tens
     image = image * factor()
     mean = image.mean((1, 2, 3), keepdim=True)
     image = (image - mean) * factor() + mean
-    grey = (image * image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    grey = (image * luma_weights(image.device, image.dtype)).sum(1, keepdim=True)
     image = (image - grey) * factor() + grey
     return image.clamp(0, 1)
 
@@ -166,7 +174,7 @@ class DDPMFFC(TrainableInpainter):
             loss = F.mse_loss(predicted.float(), eps)
         lr = self.lr_schedule.apply(step)
         self.optimise("unet", loss, clip=config.grad_clip or None)
-        return {"loss": loss.item(), "lr": lr}
+        return {"loss": loss.detach(), "lr": lr}
 
     # ------------------------------------------------------------ sampling
     def sampling_scheduler(self, options: FillOptions = FillOptions()):

@@ -64,18 +64,18 @@ class DenseGAN(GeneratorInpainter):
         if self.adversarial:
             d_loss = gan_d_loss(self.discriminator(target), self.discriminator(completed.detach()))
             self.optimise("discriminator", d_loss)
-            logs["d_loss"] = d_loss.item()
+            logs["d_loss"] = d_loss.detach()
         rec = masked_mse(output, target, mask, valid_weight=config.valid_weight)
         loss = config.rec_weight * rec
-        logs["rec"] = rec.item()
+        logs["rec"] = rec.detach()
         if self.adversarial:
             g_adv = gan_g_loss(self.discriminator(completed))
             loss = loss + config.adv_weight * g_adv
-            logs["g_adv"] = g_adv.item()
+            logs["g_adv"] = g_adv.detach()
         if "tv" in config.losses:
             tv = total_variation(completed)
             loss = loss + config.tv_weight * tv
-            logs["tv"] = tv.item()
+            logs["tv"] = tv.detach()
         self.optimise("generator", loss)
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()
         return logs

@@ -193,13 +193,13 @@ class FFCUNetGAN(GeneratorInpainter):
             recs = [reconstruction_loss(out, target, mask, config.valid_weight) for out in outputs]
             rec = sum(w * r for w, r in zip(stage_weights, recs))
             loss = loss + config.rec_weight * rec
-            logs["rec"] = recs[-1].item()
+            logs["rec"] = recs[-1].detach()
             if len(recs) > 1:
-                logs["rec_coarse"] = recs[0].item()
+                logs["rec_coarse"] = recs[0].detach()
         if self.discriminator is not None and self.terms & {"adv", "fm"}:
             loss = loss + self._generator_gan_terms(target, completed, logs)
         self.optimise("generator", loss)
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()
         return logs
 
     def _discriminator_step(self, target, fake, mask, step, logs):
@@ -207,11 +207,11 @@ class FFCUNetGAN(GeneratorInpainter):
         real_logits, _ = self.discriminator(target)
         fake_logits, _ = self.discriminator(fake)
         d_loss = discriminator_loss(real_logits, fake_logits, mask)
-        logs["d_loss"] = d_loss.item()
+        logs["d_loss"] = d_loss.detach()
         if "r1" in self.terms and step % self.config.r1_every == 0:
             r1 = r1_penalty(self.discriminator, target)
             d_loss = d_loss + self.config.r1_weight * self.config.r1_every * r1
-            logs["r1"] = r1.item()
+            logs["r1"] = r1.detach()
         self.optimise("discriminator", d_loss)
 
     def _generator_gan_terms(self, target, completed, logs) -> torch.Tensor:
@@ -221,12 +221,12 @@ class FFCUNetGAN(GeneratorInpainter):
         if "adv" in self.terms:
             g_adv = generator_adversarial_loss(fake_logits)
             loss = loss + self.config.adv_weight * g_adv
-            logs["g_adv"] = g_adv.item()
+            logs["g_adv"] = g_adv.detach()
         if "fm" in self.terms:
             with torch.no_grad():
                 _, real_features = self.discriminator(target)
             fm = feature_matching_loss(fake_features, real_features)
             loss = loss + self.config.fm_weight * fm
-            logs["fm"] = fm.item()
+            logs["fm"] = fm.detach()
         self.discriminator.requires_grad_(True)
         return loss

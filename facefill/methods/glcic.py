@@ -127,16 +127,16 @@ class GLCIC(GeneratorInpainter):
             d_loss = gan_d_loss(self.discriminator(target, mask),
                                 self.discriminator(completed.detach(), mask))
             self.optimise("discriminator", d_loss)
-            logs["d_loss"] = d_loss.item()
+            logs["d_loss"] = d_loss.detach()
             if phase == 2:
                 return logs
         loss = self._reconstruction(output, target, mask, logs)
         if phase == 3:
             g_adv = gan_g_loss(self.discriminator(completed, mask))
             loss = loss + self.config.alpha * g_adv
-            logs["g_adv"] = g_adv.item()
+            logs["g_adv"] = g_adv.detach()
         self.optimise("generator", loss)
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()
         return logs
 
     def _reconstruction(self, output, target, mask, logs):
@@ -147,12 +147,12 @@ class GLCIC(GeneratorInpainter):
         output_local, target_local = local_crop(output, mask, side), local_crop(target, mask, side)
         local = F.mse_loss(output_local, target_local)
         loss = rec + config.local_weight * local
-        logs.update(rec=rec.item(), local=local.item())
+        logs.update(rec=rec.detach(), local=local.detach())
         if self._vgg:
             vgg = self._vgg[0].to(output.device)
             perceptual = F.l1_loss(vgg(output_local), vgg(target_local))
             loss = loss + config.perceptual_weight * perceptual
-            logs["perceptual"] = perceptual.item()
+            logs["perceptual"] = perceptual.detach()
         return loss
 
     @torch.no_grad()

@@ -190,18 +190,18 @@ class TwoStageGAN(GeneratorInpainter):
             d_loss = sum(gan_d_loss(disc(known, target), disc(known, fake.detach()))
                          for disc, fake in zip(self.discriminators, completed))
             self.optimise("discriminator", d_loss)
-            logs["d_loss"] = d_loss.item()
+            logs["d_loss"] = d_loss.detach()
         loss = 0.0
         for index, (output, fake) in enumerate(zip(outputs, completed), 1):
             content = masked_l1(output, target, mask)
             tv = total_variation(fake, squared=True)
             stage_loss = config.beta * content + config.lambda_tv * tv
-            logs[f"content{index}"], logs[f"tv{index}"] = content.item(), tv.item()
+            logs[f"content{index}"], logs[f"tv{index}"] = content.detach(), tv.detach()
             if self.adversarial:
                 adv = gan_g_loss(self.discriminators[index - 1](known, fake))
                 stage_loss = stage_loss + config.alpha * adv
-                logs[f"g_adv{index}"] = adv.item()
+                logs[f"g_adv{index}"] = adv.detach()
             loss = loss + stage_loss
         self.optimise("generator", loss)
-        logs["loss"] = loss.item()
+        logs["loss"] = loss.detach()
         return logs

@@ -122,8 +122,10 @@ class WassersteinCritic(nn.Module):
 def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """Gulrajani et al.: E[(||grad_x D(x)||_2 - 1)^2] at x = eps * real + (1 - eps) * fake,
-    eps ~ U[0, 1] per sample. Differentiable (create_graph) so the critic can be trained on it."""
-    eps = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator).to(real)
+    eps ~ U[0, 1] per sample, drawn on ``real``'s device (or ``generator``'s). Differentiable
+    (create_graph) so the critic can be trained on it."""
+    device = real.device if generator is None else generator.device
+    eps = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator, device=device).to(real)
     interpolates = (eps * real + (1 - eps) * fake).requires_grad_(True)
     scores = critic(interpolates)
     grad, = torch.autograd.grad(scores.sum(), interpolates, create_graph=True)
@@ -164,7 +166,10 @@ class WGANInpainter(TrainableInpainter):
         return self.optimizers
 
     def sample_latents(self, count: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(count, self.config.latent_dim, generator=generator).to(device)
+        """Gaussian latents on ``device``, drawn there (a host-to-device copy would synchronise) unless
+        ``generator`` lives elsewhere (the seeded latent search draws on the CPU, for any device)."""
+        draw_on = device if generator is None else generator.device
+        return torch.randn(count, self.config.latent_dim, generator=generator, device=draw_on).to(device)
 
     def _real_batches(self, real: torch.Tensor) -> list[torch.Tensor]:
         n = self.config.n_critic
@@ -186,19 +191,19 @@ class WGANInpainter(TrainableInpainter):
             if config.penalty == "gp":
                 penalty = gradient_penalty(self.critic, real, fake)
                 d_loss = d_loss + config.gp_weight * penalty
-                critic_logs["gp"].append(penalty.item())
+                critic_logs["gp"].append(penalty.detach())
             self.optimise("critic", d_loss)
             if config.penalty == "clip":
                 with torch.no_grad():
                     for parameter in self.critic.parameters():
                         parameter.clamp_(-config.clip_value, config.clip_value)
-            critic_logs["wasserstein"].append(wasserstein.item())
-            critic_logs["d_loss"].append(d_loss.item())
-        logs = {name: sum(values) / len(values) for name, values in critic_logs.items() if values}
+            critic_logs["wasserstein"].append(wasserstein.detach())
+            critic_logs["d_loss"].append(d_loss.detach())
+        logs = {name: torch.stack(values).mean() for name, values in critic_logs.items() if values}
         fake = self.generator(self.sample_latents(len(real_all), real_all.device))
         g_adv = -self.critic(fake).mean()
         self.optimise("generator", g_adv)
-        logs.update(g_adv=g_adv.item(), loss=g_adv.item())
+        logs.update(g_adv=g_adv.detach(), loss=g_adv.detach())
         return logs
 
     # ------------------------------------------------------------ inpainting

@@ -62,10 +62,18 @@ def hole_crop_boxes(mask: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def local_crop(images: torch.Tensor, mask: torch.Tensor, side: int) -> torch.Tensor:
-    """The ``side`` x ``side`` patch of each image around its hole (see :func:`hole_crop_boxes`)."""
-    boxes = hole_crop_boxes(mask, side).tolist()
-    return torch.stack([image[:, top:top + side, left:left + side]
-                        for image, (top, left) in zip(images, boxes)])
+    """The ``side`` x ``side`` patch of each image around its hole (see :func:`hole_crop_boxes`),
+    gathered on the device: the boxes never travel to the host (no synchronisation)."""
+    height, width = images.shape[-2:]
+    if side > min(height, width):
+        raise ValueError(f"a local crop of {side} px does not fit in {height}x{width} images")
+    boxes = hole_crop_boxes(mask, side)
+    offsets = torch.arange(side, device=images.device)
+    rows = (boxes[:, 0, None] + offsets).view(-1, 1, side, 1)
+    cols = (boxes[:, 1, None] + offsets).view(-1, 1, 1, side)
+    batch = torch.arange(len(images), device=images.device).view(-1, 1, 1, 1)
+    channels = torch.arange(images.shape[1], device=images.device).view(1, -1, 1, 1)
+    return images[batch, channels, rows, cols]                            # B, C, side, side
 
 
 class _ContextBranch(nn.Sequential):
