@@ -377,7 +377,7 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
               help="Prepared data sets (data128, data64, datahq256); a missing one is prepared here from "
                    "--shared.")
 @click.option("--data", "data", multiple=True, metavar="SET=PATH",
-              help="Use this prepared folder for a data set, e.g. --data data128=/work/data/data128 (repeatable).")
+              help="Use this prepared folder for a data set, e.g. --data data128=~/faces/data128 (repeatable).")
 @click.option("--shared", type=click.Path(file_okay=False),
               help="Raw face data to prepare missing sets from.  [default: ../shared/data beside the repository]")
 @click.option("--limit", type=int, help="Score at most N images per paper and mask kind (default: each "
@@ -396,7 +396,7 @@ def reproduce(paper, data_root, data, shared, limit, report, results, no_results
 
     \b
     Example:
-      facefill reproduce --paper all --data-root /work/data
+      facefill reproduce --paper all --data-root data
     """
     from facefill.engine.reproduce import run_reproduce
     from facefill.papers import select_papers
