@@ -12,7 +12,8 @@ from facefill import config as cfg
 
 EPILOG = "Masks: white (255) = hole; binarised at 127; --invert-mask for the other convention."
 MASK_KINDS_HELP = ("center, random-box, irregular, irregular-thin, irregular-medium, "
-                   "irregular-thick, random (20-30 % strokes), sunglasses, surgical-mask")
+                   "irregular-thick, random (20-30 % strokes), sunglasses, surgical-mask, "
+                   "box (10-50 % of the area anywhere), large (40-60 %)")
 
 
 class UsageFailure(click.ClickException):
@@ -135,7 +136,9 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
               help="Prepared data folder or pack (facefill prepare), as PATH or PATH:WEIGHT; repeat to train "
                    "on several sets (WEIGHT multiplies how often each of its images is drawn).  [default: data128]")
 @click.option("--size", type=int, help="Training resolution; default: the data's size.")
-@click.option("--masks", help=f"{MASK_KINDS_HELP}, or mix (center, random-box, irregular)  [default: center]")
+@click.option("--masks", help=f"{MASK_KINDS_HELP}; a comma-separated list of them (each sample's kind drawn "
+                             "uniformly); full (center, box, irregular, random, sunglasses, surgical-mask, "
+                             "large); or mix (center, random-box, irregular)  [default: center]")
 @click.option("--epochs", type=int)
 @click.option("--steps", type=int, help="Optimisation steps (overrides --epochs).")
 @click.option("--time-limit", type=float, help="Stop cleanly after this many minutes, with a checkpoint.")

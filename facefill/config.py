@@ -116,7 +116,7 @@ class TrainConfig:
     method: str
     data: tuple[str, ...] = ("data128",)  # prepared sets (folders or packs), each PATH or PATH:WEIGHT
     size: int | None = None            # default: the data set's size
-    masks: str = "center"              # a kind of data/masks.py, or mix (center, random-box, irregular)
+    masks: str = "center"              # a kind of data/masks.py, a comma list of them, full or mix
     epochs: int | None = None
     steps: int | None = None
     time_limit: float | None = None    # minutes of wall time; stop cleanly after

@@ -14,7 +14,7 @@ from facefill.data.masks import (DEFAULT_AREAS, MASK_KINDS, default_parsing_dir,
 
 PARSING = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba-hq" / "parsing"
 STROKE_KINDS = ("irregular", "irregular-thin", "irregular-medium", "irregular-thick", "random")
-RANDOM_KINDS = ("random-box",) + STROKE_KINDS
+RANDOM_KINDS = ("random-box", "box", "large") + STROKE_KINDS
 SEEDS = range(6)
 
 
@@ -45,7 +45,7 @@ def real_labels(stem: str) -> np.ndarray:
 
 def test_kinds_are_the_documented_ones():
     assert MASK_KINDS == ("center", "random-box", "irregular", "irregular-thin", "irregular-medium",
-                          "irregular-thick", "random", "sunglasses", "surgical-mask")
+                          "irregular-thick", "random", "sunglasses", "surgical-mask", "box", "large")
 
 
 @pytest.mark.parametrize("kind", MASK_KINDS)
@@ -76,6 +76,36 @@ def test_random_box_sides_in_range(seed):
     height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
     assert 16 <= height <= 32 and 20 <= width <= 40
     assert mask_area(mask) == pytest.approx(height * width / (64 * 80))
+
+
+def box_shape(mask) -> tuple[float, float]:
+    """(area fraction, width/height ratio relative to the image's) of a mask that must be one rectangle."""
+    ys, xs = np.nonzero(mask)
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    assert mask.sum() == height * width  # exactly its bounding box: one rectangle
+    return mask_area(mask), (width / mask.shape[1]) / (height / mask.shape[0])
+
+
+@pytest.mark.parametrize("size", [64, (48, 80)])
+def test_box_is_one_rectangle_of_ten_to_fifty_percent_of_the_area(size):
+    areas, ratios = np.array([box_shape(make_mask("box", rng(seed), size)) for seed in range(80)]).T
+    assert areas.min() >= 0.1 - 0.01 and areas.max() <= 0.5 + 0.01, (areas.min(), areas.max())
+    assert areas.min() < 0.15 and areas.max() > 0.45          # the whole range, not a corner of it
+    assert ratios.min() >= 0.5 * 0.9 and ratios.max() <= 2 / 0.9, (ratios.min(), ratios.max())
+    assert ratios.min() < 0.7 and ratios.max() > 1.4
+
+
+def test_box_area_option_is_honoured():
+    areas = [mask_area(make_mask("box", rng(seed), 64, area=(0.3, 0.32))) for seed in range(6)]
+    assert all(0.29 <= a <= 0.33 for a in areas), areas
+
+
+def test_large_covers_forty_to_sixty_percent():
+    areas = np.array([mask_area(make_mask("large", rng(seed), 64)) for seed in range(30)])
+    assert areas.min() >= 0.4 and areas.max() <= 0.6, (areas.min(), areas.max())
+    assert areas.max() - areas.min() > 0.08
+    area = mask_area(make_mask("large", rng(0), 64, area=(0.5, 0.55)))
+    assert 0.5 <= area <= 0.55
 
 
 @pytest.mark.parametrize("kind", STROKE_KINDS)

@@ -9,24 +9,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facefill.data.dataset import MIX_KINDS, TrainingImages, epoch_order
-from facefill.data.masks import DEFAULT_AREAS, MASK_KINDS, make_mask, make_masks_torch
+from facefill.data.dataset import MIXTURES, TrainingImages, epoch_order, mask_mixture
+from facefill.data.masks import DEFAULT_AREAS, FACE_PART_KINDS, MASK_KINDS, make_mask, make_masks_torch
 
 SCALE_RANGE = (0.8, 1.25)     # face size within the crop (log-uniform)
 SHIFT = 0.1                   # translation, a fraction of the side either way
 JITTER = 0.1                  # brightness, contrast and saturation factors in [1 - J, 1 + J]
-TRAIN_MASK_KINDS = MASK_KINDS + ("mix",)
+TRAIN_MASK_KINDS = MASK_KINDS + tuple(MIXTURES)   # and comma-separated lists of MASK_KINDS
 # Stroke masks are drawn once into a bank on the device and each batch takes bank masks under a
 # random flip, transpose and (wrap-around) shift: drawing strokes every step would cost more than
 # the step itself. The bank is built by the torch generator on CUDA, by the numpy one elsewhere.
 BANK_SIZE = {"cuda": 8192}
 BANK_SIZE_OTHER = 512
 BANK_CHUNK = 256
+BANKED_KINDS = tuple(DEFAULT_AREAS) + ("large",)
 
 
 def check_mask_kind(kind: str) -> None:
-    if kind not in TRAIN_MASK_KINDS:
-        raise ValueError(f"unknown mask kind {kind!r}; known: {', '.join(TRAIN_MASK_KINDS)}")
+    """A one-line ValueError unless ``kind`` is a kind, a mixture or a comma-separated list of kinds."""
+    mask_mixture(kind)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, labels: torch.Tensor | None = None,
@@ -80,14 +81,16 @@ def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 def draw_masks(kind: str, generator: torch.Generator, batch: int, size: int, device,
                labels: torch.Tensor | None = None, banks: dict | None = None) -> torch.Tensor:
-    """Bx1xSxS float masks (1 = hole); ``mix`` draws each sample's kind from MIX_KINDS; stroke
-    kinds come from ``banks[kind]`` when given (see ``build_mask_bank``)."""
-    if kind == "mix":
-        choice = torch.randint(len(MIX_KINDS), (batch,), generator=generator, device=device)
+    """Bx1xSxS float masks (1 = hole); a mixture (``mix``, ``full``, a comma list) draws each
+    sample's kind uniformly from its kinds (face-part kinds from ``labels``); stroke kinds come
+    from ``banks[kind]`` when given (see ``build_mask_bank``)."""
+    kinds = mask_mixture(kind)
+    if len(kinds) > 1:
+        choice = torch.randint(len(kinds), (batch,), generator=generator, device=device)
         masks = torch.zeros(batch, size, size, dtype=torch.bool, device=device)
-        for number, name in enumerate(MIX_KINDS):
-            masks = torch.where((choice == number)[:, None, None],
-                                draw_masks(name, generator, batch, size, device, banks=banks)[:, 0] > 0, masks)
+        for number, name in enumerate(kinds):
+            drawn = draw_masks(name, generator, batch, size, device, labels, banks)[:, 0] > 0
+            masks = torch.where((choice == number)[:, None, None], drawn, masks)
     elif banks and kind in banks:
         masks = from_bank(banks[kind], generator, batch)
     else:
@@ -96,12 +99,11 @@ def draw_masks(kind: str, generator: torch.Generator, batch: int, size: int, dev
 
 
 def bank_kinds(kind: str) -> tuple[str, ...]:
-    kinds = MIX_KINDS if kind == "mix" else (kind,)
-    return tuple(k for k in kinds if k in DEFAULT_AREAS)
+    return tuple(k for k in dict.fromkeys(mask_mixture(kind)) if k in BANKED_KINDS)
 
 
 def build_mask_bank(kind: str, count: int, size: int, device, generator: torch.Generator) -> torch.Tensor:
-    """``count`` stroke masks of ``kind`` (count x S x S bool) on ``device``."""
+    """``count`` stroke (or large) masks of ``kind`` (count x S x S bool) on ``device``."""
     if device.type == "cuda":
         chunks = [make_masks_torch(kind, generator, min(BANK_CHUNK, count - start), size, device)
                   for start in range(0, count, BANK_CHUNK)]
@@ -145,6 +147,7 @@ class DeviceBatches:
         self.seed, self.rank, self.world = seed, rank, world
         self.frame, self.colour, self.channels_last = frame, colour, channels_last
         self.size = self.images.shape[1]
+        self.needs_labels = any(kind in FACE_PART_KINDS for kind in mask_mixture(mask_kind))
         self.steps_per_epoch = len(self.images) // (batch_size * world)
         self.generator = torch.Generator(device=device).manual_seed(seed + rank)
         self._epoch, self._order = None, None
@@ -168,7 +171,7 @@ class DeviceBatches:
 
     def make(self, index: torch.Tensor) -> dict:
         images = self.images[index].permute(0, 3, 1, 2).float().div(255.0)
-        labels = self._labels(index) if self.kind in ("sunglasses", "surgical-mask") else None
+        labels = self._labels(index) if self.needs_labels else None
         images, labels = augment(images, self.generator, labels, frame=self.frame, colour=self.colour)
         masks = draw_masks(self.kind, self.generator, len(index), self.size, self.device, labels, self.banks)
         if self.channels_last:

@@ -12,9 +12,31 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from facefill.data.masks import FACE_PART_KINDS, MASK_KINDS, make_mask
 from facefill.imaging import read_rgb, resize_rgb
 
 MIX_KINDS = ("center", "random-box", "irregular")
+FULL_KINDS = ("center", "box", "irregular", "random", "sunglasses", "surgical-mask", "large")
+MIXTURES = {"mix": MIX_KINDS, "full": FULL_KINDS}
+
+
+def mask_mixture(spec: str) -> tuple[str, ...]:
+    """The kinds a training ``--masks`` value draws each sample's kind from, uniformly: ``mix``,
+    ``full``, one kind of data/masks.py, or a comma-separated list of them (repeat one to weight it)."""
+    if spec in MIXTURES:
+        return MIXTURES[spec]
+    kinds = tuple(kind.strip() for kind in str(spec).split(","))
+    for kind in kinds:
+        if kind not in MASK_KINDS:
+            raise ValueError(f"--masks {spec}: unknown mask kind {kind!r}; known: {', '.join(MASK_KINDS)}, "
+                             f"a comma-separated list of them, or {' or '.join(MIXTURES)}")
+    return kinds
+
+
+def pick_kind(spec: str, rng: np.random.Generator) -> str:
+    """One sample's kind from ``spec``'s mixture (no draw when it holds one kind)."""
+    kinds = mask_mixture(spec)
+    return kinds[rng.integers(len(kinds))] if len(kinds) > 1 else kinds[0]
 
 
 def list_split(data: str | Path, split: str) -> list[Path]:
@@ -163,14 +185,6 @@ def _parsing_maps(stems, size: int, parsing_dir) -> tuple[np.ndarray | None, np.
 
 # ------------------------------------------------------------------------------------ loader path
 
-def draw_mask(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    from facefill.data.masks import make_mask
-
-    if kind == "mix":
-        kind = MIX_KINDS[rng.integers(len(MIX_KINDS))]
-    return make_mask(kind, rng, size)
-
-
 def item_seed(seed: int, epoch: int, position: int) -> list[int]:
     """The randomness of one drawn item depends only on (seed, epoch, position in the epoch), so
     data-loader workers and resuming part-way into an epoch see the same flips and holes."""
@@ -178,18 +192,25 @@ def item_seed(seed: int, epoch: int, position: int) -> list[int]:
 
 
 class FaceDataset(Dataset):
-    """Images (uint8 array or files) at ``size``, random horizontal flips, masks of ``mask_kind``.
+    """Images (uint8 array or files) at ``size``, random horizontal flips, masks of ``mask_kind``
+    (a kind or a mixture, see :func:`mask_mixture`). Face-part kinds take each image's own map
+    of ``parsing`` (``parsing_index`` as in :class:`TrainingImages`), else a random one of them;
+    without ``parsing``, ``make_mask``'s default (a map of the shared folder, or geometric).
 
     An index may be an int (randomness from ``default_rng([seed, index])``: fixed, for
     validation) or an ``(index, seed_list)`` pair from :class:`EpochSampler` (training)."""
 
     def __init__(self, images, size: int, mask_kind: str = "center", flip: bool = True,
-                 fixed_masks: bool = False, seed: int = 0):
+                 fixed_masks: bool = False, seed: int = 0, parsing: np.ndarray | None = None,
+                 parsing_index: np.ndarray | None = None):
         if not isinstance(images, np.ndarray):
             images = np.stack([resize_rgb(read_rgb(f), (size, size)) for f in images])
+        mask_mixture(mask_kind)
         self.images = images
         self.size, self.mask_kind, self.flip = size, mask_kind, flip
         self.fixed_masks, self.seed = fixed_masks, seed
+        self.parsing = parsing
+        self.parsing_index = np.full(len(images), -1) if parsing_index is None else parsing_index
 
     def __len__(self):
         return len(self.images)
@@ -198,10 +219,21 @@ class FaceDataset(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, [self.seed, item])
         rng = np.random.default_rng(seed)
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1).float().div(255.0)
-        if self.flip and rng.random() < 0.5:
+        flipped = self.flip and rng.random() < 0.5
+        if flipped:
             image = image.flip(-1)
-        mask = draw_mask(self.mask_kind, rng, self.size)
+        kind = pick_kind(self.mask_kind, rng)
+        options = {}
+        if kind in FACE_PART_KINDS and self.parsing is not None:
+            options["parsing"] = self._labels(index, rng, flipped)
+        mask = make_mask(kind, rng, self.size, **options)
         return {"image": image, "mask": torch.from_numpy(mask).float()[None]}
+
+    def _labels(self, index: int, rng: np.random.Generator, flipped: bool) -> np.ndarray:
+        """The image's own parsing map, else a random one of the set's, flipped with the image."""
+        own = int(self.parsing_index[index])
+        labels = self.parsing[own if own >= 0 else int(rng.integers(len(self.parsing)))]
+        return np.ascontiguousarray(labels[:, ::-1]) if flipped else labels
 
 
 def epoch_order(weights: np.ndarray, seed: int, epoch: int, count: int) -> np.ndarray:

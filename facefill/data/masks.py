@@ -14,6 +14,9 @@ irregular           one of the three brushes at random, area 10-50 %
 random              strokes of a random brush covering 20-30 % (the DDPM paper's random masks)
 sunglasses          eyes + brows (+ eyeglasses) of a CelebAMask-HQ parsing map, as two lenses
 surgical-mask       nose, mouth, lips and the lower face below the nose, from a parsing map
+box                 one rectangle anywhere, area uniform in 10-50 %, aspect ratio in [0.5, 2]
+large               a box of a quarter to three quarters of ``lo`` plus thick strokes, area 40-60 %
+                    (LaMa's "large" masks)
 =================== ==========================================================================
 
 Stroke kinds take ``area=(lo, hi)``: strokes are added until the hole covers at least ``lo`` of
@@ -41,7 +44,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 MASK_KINDS: tuple[str, ...] = ("center", "random-box", "irregular", "irregular-thin", "irregular-medium",
-                               "irregular-thick", "random", "sunglasses", "surgical-mask")
+                               "irregular-thick", "random", "sunglasses", "surgical-mask", "box", "large")
+FACE_PART_KINDS = ("sunglasses", "surgical-mask")
 
 Size = int | tuple[int, int]
 
@@ -58,6 +62,10 @@ DEFAULT_AREAS: dict[str, tuple[float, float]] = {
     "irregular-thick": (0.25, 0.5),
     "random": (0.2, 0.3),
 }
+BOX_AREA = (0.1, 0.5)         # box: area fraction, uniform
+BOX_ASPECT = (0.5, 2.0)       # box: width/height ratio relative to the image's, log-uniform
+LARGE_AREA = (0.4, 0.6)       # large: area fraction
+LARGE_BOX_SHARE = (0.25, 0.75)  # large: its box covers this share of ``lo``; thick strokes add the rest
 MAX_TURN = math.pi / 2        # largest change of direction between two segments of a stroke
 SHRINK = 0.7                  # brush and length factor after a stroke overshoots ``hi``
 MAX_STROKES = 400             # stroke attempts before the border-growing fallback
@@ -136,11 +144,33 @@ def _random_box(rng, height, width, *, min_side: float = 0.25, max_side: float =
         raise ValueError(f"random-box: need 0 < min_side <= max_side <= 1, got {min_side}, {max_side}")
     box_h = min(height, max(1, round(rng.uniform(min_side, max_side) * height)))
     box_w = min(width, max(1, round(rng.uniform(min_side, max_side) * width)))
+    return _place_box(rng, height, width, box_h, box_w)
+
+
+def _place_box(rng, height, width, box_h: int, box_w: int) -> np.ndarray:
     top = int(rng.integers(0, height - box_h + 1))
     left = int(rng.integers(0, width - box_w + 1))
     mask = np.zeros((height, width), bool)
     mask[top:top + box_h, left:left + box_w] = True
     return mask
+
+
+def _check_aspect(aspect) -> tuple[float, float]:
+    lo, hi = (float(a) for a in aspect)
+    if not 0 < lo <= hi:
+        raise ValueError(f"box: aspect must satisfy 0 < lo <= hi, got {aspect!r}")
+    return lo, hi
+
+
+def _box(rng, height, width, *, area=BOX_AREA, aspect=BOX_ASPECT):
+    """A rectangle anywhere whose area is uniform in ``area`` (its sides rounded, clipped to the image)."""
+    lo, hi = _check_area(area)
+    low, high = _check_aspect(aspect)
+    fraction = rng.uniform(lo, hi)
+    ratio = math.exp(rng.uniform(math.log(low), math.log(high)))
+    box_h = min(height, max(1, round(math.sqrt(fraction / ratio) * height)))
+    box_w = min(width, max(1, round(fraction * height * width / box_h)))
+    return _place_box(rng, height, width, box_h, box_w)
 
 
 # ----------------------------------------------------------------------------- strokes
@@ -189,16 +219,17 @@ def _check_area(area) -> tuple[float, float]:
 
 
 def strokes(rng: np.random.Generator, height: int, width: int, brush: str | dict,
-            area: tuple[float, float]) -> np.ndarray:
-    """Free-form strokes of ``brush`` until the hole covers a random target in ``area``."""
+            area: tuple[float, float], start: np.ndarray | None = None) -> np.ndarray:
+    """Free-form strokes of ``brush`` (added to the ``start`` mask, if given) until the hole covers
+    a random target in ``area``."""
     brush = BRUSHES[brush] if isinstance(brush, str) else brush
     lo, hi = _check_area(area)
     total = height * width
     lo_px = math.ceil(lo * total - 1e-9)
     hi_px = max(lo_px, math.floor(hi * total + 1e-9))
     target = int(rng.integers(lo_px, hi_px + 1))
-    mask = np.zeros((height, width), np.uint8)
-    count, scale = 0, 1.0
+    mask = np.zeros((height, width), np.uint8) if start is None else start.astype(np.uint8)
+    count, scale = int(np.count_nonzero(mask)), 1.0
     for _ in range(MAX_STROKES):
         if count >= target:
             break
@@ -227,6 +258,13 @@ def _irregular(rng, height, width, *, brush: str | None = None, area=None, _defa
             own = DEFAULT_AREAS[f"irregular-{brush}"]
             area = (max(area[0], own[0]), min(area[1], own[1]))
     return strokes(rng, height, width, brush, area)
+
+
+def _large(rng, height, width, *, area=LARGE_AREA):
+    """A box covering a quarter to three quarters of ``lo``, then thick strokes up to ``area``."""
+    lo, hi = _check_area(area)
+    start = _box(rng, height, width, area=(LARGE_BOX_SHARE[0] * lo, LARGE_BOX_SHARE[1] * lo))
+    return strokes(rng, height, width, "thick", (lo, hi), start=start)
 
 
 # ----------------------------------------------------------------------------- face parts
@@ -429,6 +467,23 @@ def random_box_masks_torch(generator, batch: int, height: int, width: int, devic
                            min_side: float = 0.25, max_side: float = 0.5):
     box_h = (_uniform(generator, (batch,), min_side, max_side, device) * height).round().clamp(1, height)
     box_w = (_uniform(generator, (batch,), min_side, max_side, device) * width).round().clamp(1, width)
+    return _place_boxes_torch(generator, box_h, box_w, height, width)
+
+
+def box_masks_torch(generator, batch: int, height: int, width: int, device, area=BOX_AREA, aspect=BOX_ASPECT):
+    """``box`` in batch: rectangles anywhere with area uniform in ``area``, as ``_box`` draws them."""
+    lo, hi = _check_area(area)
+    low, high = _check_aspect(aspect)
+    fraction = _uniform(generator, (batch,), lo, hi, device)
+    ratio = torch.exp(_uniform(generator, (batch,), math.log(low), math.log(high), device))
+    box_h = ((fraction / ratio).sqrt() * height).round().clamp(1, height)
+    box_w = (fraction * height * width / box_h).round().clamp(1, width)
+    return _place_boxes_torch(generator, box_h, box_w, height, width)
+
+
+def _place_boxes_torch(generator, box_h, box_w, height: int, width: int):
+    """(B, H, W) masks with a box_h x box_w rectangle (B,) each at a random place inside the image."""
+    batch, device = len(box_h), box_h.device
     top = (torch.rand(batch, generator=generator, device=device) * (height - box_h + 1)).floor()
     left = (torch.rand(batch, generator=generator, device=device) * (width - box_w + 1)).floor()
     xs, ys = _grid(height, width, device)
@@ -478,10 +533,11 @@ def _one_stroke(generator, table, scale, height, width, xs, ys):
 
 
 def stroke_masks_torch(generator, brushes: torch.Tensor, areas: torch.Tensor, height: int, width: int,
-                       rounds: int = GPU_STROKE_ROUNDS):
+                       rounds: int = GPU_STROKE_ROUNDS, start: torch.Tensor | None = None):
     """Free-form strokes per sample (``brushes``: (B,) index into BRUSH_NAMES; ``areas``: (B, 2)
-    lo/hi): strokes are added while the hole is short of a target drawn in [lo, hi], and one
-    that would pass ``hi`` is dropped and the brush shrunk, as ``strokes`` does."""
+    lo/hi), added to ``start`` (B, H, W) when given: strokes are added while the hole is short of
+    a target drawn in [lo, hi], and one that would pass ``hi`` is dropped and the brush shrunk,
+    as ``strokes`` does."""
     batch, device = len(brushes), brushes.device
     table = _brush_table(device)[brushes]
     total = height * width
@@ -489,8 +545,11 @@ def stroke_masks_torch(generator, brushes: torch.Tensor, areas: torch.Tensor, he
     hi_px = torch.maximum(lo_px, (areas[:, 1] * total + 1e-9).floor())
     target = (lo_px + torch.rand(batch, generator=generator, device=device) * (hi_px - lo_px + 1)).floor()
     xs, ys = _grid(height, width, device)
-    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-    count = torch.zeros(batch, device=device)
+    if start is None:
+        mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
+        count = torch.zeros(batch, device=device)
+    else:
+        mask, count = start.clone(), start.flatten(1).sum(1).float()
     scale = torch.ones(batch, device=device)
     for _ in range(rounds):
         trial = mask | _one_stroke(generator, table, scale, height, width, xs, ys)
@@ -524,6 +583,16 @@ def _stroke_kind_torch(kind, generator, batch, height, width, device):
         ranges = [area] * 3
     areas = _constant(tuple(ranges), str(device))[brushes]
     return stroke_masks_torch(generator, brushes, areas, height, width)
+
+
+def large_masks_torch(generator, batch: int, height: int, width: int, device, area=LARGE_AREA):
+    """``large`` in batch: a box covering a quarter to three quarters of ``lo``, then thick strokes."""
+    lo, hi = _check_area(area)
+    start = box_masks_torch(generator, batch, height, width, device,
+                            area=(LARGE_BOX_SHARE[0] * lo, LARGE_BOX_SHARE[1] * lo))
+    brushes = torch.full((batch,), BRUSH_NAMES.index("thick"), device=device)
+    areas = _constant(((lo, hi),), str(device)).expand(batch, 2)
+    return stroke_masks_torch(generator, brushes, areas, height, width, start=start)
 
 
 def hull_fill(points: torch.Tensor) -> torch.Tensor:
@@ -638,9 +707,13 @@ def make_masks_torch(kind: str, generator: torch.Generator, batch: int, size: Si
         return center_masks_torch(batch, height, width, device)
     if kind == "random-box":
         return random_box_masks_torch(generator, batch, height, width, device)
+    if kind == "box":
+        return box_masks_torch(generator, batch, height, width, device)
+    if kind == "large":
+        return large_masks_torch(generator, batch, height, width, device)
     if kind in DEFAULT_AREAS:
         return _stroke_kind_torch(kind, generator, batch, height, width, device)
-    if kind in ("sunglasses", "surgical-mask"):
+    if kind in FACE_PART_KINDS:
         if labels is None:
             shape = _shape_on("eyes" if kind == "sunglasses" else "lower", height, width, str(device))
             return shape.expand(batch, height, width).clone()
@@ -658,10 +731,12 @@ _GENERATORS: dict[str, Callable[..., np.ndarray]] = {
     "random": functools.partial(_irregular, _default="random"),
     "sunglasses": functools.partial(_face_part, _part="sunglasses"),
     "surgical-mask": functools.partial(_face_part, _part="surgical-mask"),
+    "box": _box,
+    "large": _large,
 }
 assert tuple(_GENERATORS) == MASK_KINDS
 
-__all__ = ["MASK_KINDS", "make_mask", "mask_generator", "mask_area", "default_parsing_dir", "strokes",
+__all__ = ["MASK_KINDS", "FACE_PART_KINDS", "make_mask", "mask_generator", "mask_area", "default_parsing_dir", "strokes",
            "sunglasses_from_parsing", "surgical_mask_from_parsing", "load_parsing", "BRUSHES",
            "DEFAULT_AREAS", "make_masks_torch", "stroke_masks_torch", "hull_fill", "sunglasses_masks_torch",
-           "surgical_masks_torch"]
+           "surgical_masks_torch", "box_masks_torch", "large_masks_torch"]

@@ -269,7 +269,8 @@ class Trainer:
                                             self.world, frame=config.augment, colour=config.augment,
                                             channels_last=self.channels_last) if config.data_on == "device" else None
         if config.data_on == "workers":
-            self.train_set = FaceDataset(data.images, self.size, config.masks, seed=config.seed)
+            self.train_set = FaceDataset(data.images, self.size, config.masks, seed=config.seed,
+                                         parsing=data.parsing, parsing_index=data.parsing_index)
             self.sampler = EpochSampler(data.weights, config.seed, self.rank, self.world, self.per_rank)
             self.loader = DataLoader(self.train_set, batch_size=self.per_rank, sampler=self.sampler, drop_last=True,
                                      num_workers=config.workers, pin_memory=self.device.type == "cuda",
