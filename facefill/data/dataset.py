@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facefill.data.masks import FACE_PART_KINDS, MASK_KINDS, make_mask
+from facefill.data.masks import FACE_PART_KINDS, MASK_KINDS, default_parsing_dir, load_parsing, make_mask
 from facefill.imaging import read_rgb, resize_rgb
 
 MIX_KINDS = ("center", "random-box", "irregular")
@@ -158,8 +158,6 @@ def load_training_images(specs, size: int, val_images: int, parsing_dir=None) ->
 
 def _parsing_maps(stems, size: int, parsing_dir) -> tuple[np.ndarray | None, np.ndarray]:
     """CelebAMask-HQ label maps for the images whose source file has one (same stem)."""
-    from facefill.data.masks import default_parsing_dir, load_parsing
-
     folder = Path(parsing_dir) if parsing_dir else default_parsing_dir()
     index = np.full(len(stems), -1, np.int64)
     if not folder.is_dir():

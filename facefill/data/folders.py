@@ -322,8 +322,6 @@ def _probe(path: Path, max_pixels: int | None) -> tuple[int, bool]:
 
 def _read_deep_rgb(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     """A 16-bit RGB(A) file's pixels (PIL reads them as 8-bit), in RGB order, or None."""
-    import cv2
-
     data = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
     if data is None or data.dtype != np.uint16 or data.ndim != 3 or data.shape[:2] != tuple(shape):
         return None
@@ -646,8 +644,6 @@ def encode_output(decoded: DecodedImage, filled: np.ndarray, fmt: str, quality: 
     ones replaced (encoded by OpenCV: PIL writes no 16-bit RGB)."""
     deep = decoded.original
     if deep is not None and deep.ndim == 3 and fmt in ("PNG", "TIFF"):
-        import cv2
-
         out = deep.copy()
         changed = _changed(decoded, filled)
         out[..., :3][changed] = np.asarray(filled)[changed].astype(np.uint16) * 257
