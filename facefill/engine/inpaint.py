@@ -19,9 +19,13 @@ import numpy as np
 import torch
 
 from facefill import fileio
+from facefill.checkpoint import best_shipped
 from facefill.config import InpaintConfig
+from facefill.data import folders
+from facefill.devices import resolve_device
 from facefill.inference.fitting import PasteSettings, crop_box, fill_batch
-from facefill.inference.options import FillOptions
+from facefill.inference.loading import load_inpainter
+from facefill.inference.options import FillOptions, warn_unused
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +126,6 @@ class _Run:
 
 def _load(item: _Item, config: InpaintConfig):
     """Decode one image and get its hole (in a worker thread)."""
-    from facefill.data import folders
-
     try:
         decoded = folders.decode_image(item.path, config.max_pixels)
         hole = folders.load_mask(item.spec, decoded.rgb, index=item.index, seed=config.seed,
@@ -138,8 +140,6 @@ def _load(item: _Item, config: InpaintConfig):
 
 def _write(loaded: _Loaded, filled: np.ndarray | None, config: InpaintConfig) -> str | None:
     """Encode and write one output (and its comparison) atomically; a reason on failure."""
-    from facefill.data import folders
-
     item, decoded = loaded.item, loaded.decoded
     try:
         if filled is None:  # no hole: the input itself, byte for byte when the format allows
@@ -180,8 +180,6 @@ def _weights_path(config: InpaintConfig, inpainter, image_size) -> str | None:
     if path:
         return str(path)
     if getattr(inpainter, "trainable", False):
-        from facefill.checkpoint import best_shipped
-
         card = best_shipped(image_size, getattr(inpainter, "name", None))
         return card["path"] if card else None
     return None
@@ -198,18 +196,14 @@ def _check_options(config: InpaintConfig) -> None:
 
 def _compare_names(outputs: list[Path]) -> list[str]:
     """``<output stem>_compare.png``; outputs sharing a stem (e.jpg, e.png) add their extension."""
-    from facefill.data.folders import COMPARE_SUFFIX
-
     shared = Counter(out.stem for out in outputs)
     return [f"{out.stem}{'_' + out.suffix.lstrip('.').lower() if shared[out.stem] > 1 else ''}"
-            f"{COMPARE_SUFFIX}.png" for out in outputs]
+            f"{folders.COMPARE_SUFFIX}.png" for out in outputs]
 
 
 def _plan(config: InpaintConfig):
     """List inputs, pair masks, decide outputs; usage errors raise ValueError/FileNotFoundError.
     Returns the items, failures known up front (index -> reason) and the ignored entries."""
-    from facefill.data import folders
-
     _check_options(config)
     source, output_dir = Path(config.input_dir), Path(config.output_dir)
     if not source.exists():
@@ -257,11 +251,6 @@ def run_inpaint(config: InpaintConfig) -> dict:
     ``summary["ignored"]``. On Ctrl-C the summary of what was done is written with
     ``interrupted: true``. The summary is also written to ``config.summary`` (default
     ``OUT/summary.json``) atomically."""
-    from facefill.data import folders
-    from facefill.devices import resolve_device
-    from facefill.inference.loading import load_inpainter
-    from facefill.inference.options import warn_unused
-
     start = time.perf_counter()
     options = FillOptions(steps=config.steps, sampler=config.sampler, seed=config.seed, amp=config.amp)
     settings = PasteSettings(config.aligned, config.dilate, config.feather)

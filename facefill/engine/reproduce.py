@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from facefill import __version__
+from facefill.checkpoint import weights_dir
 from facefill.config import EvalConfig, PrepareConfig, ReproduceConfig
 from facefill.data.prepare import prepare
 from facefill.devices import resolve_device
@@ -226,8 +227,6 @@ def run_reproduce(config: ReproduceConfig) -> dict:
     cannot run (no data, no source to prepare it from) is listed in ``failures``, the others go on."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from facefill.checkpoint import weights_dir
 
     papers = select_papers(",".join(config.papers))
     check_data_overrides(config)
