@@ -53,11 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from facefill.config import BenchConfig
+from facefill import __version__
+from facefill.config import BenchConfig, EvalConfig, InpaintConfig, split_list
 from facefill.data.augment import DeviceBatches, check_mask_kind
 from facefill.data.dataset import TrainingImages
+from facefill.devices import resolve_device
+from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
+from facefill.imaging import to_uint8
 from facefill.inference.options import FillOptions, sweep_options
 from facefill.registry import create_method, get_method_class, list_methods
+from facefill.report.tables import format_value, markdown_table, write_json, write_markdown
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -199,8 +204,6 @@ def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0) -> list[
     """``count`` PNGs ``bench_NNNN.png`` with ``bench_NNNN_mask.png`` (white = hole) in ``folder``."""
     from PIL import Image
 
-    from facefill.imaging import to_uint8
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     images = synthetic_images(count, size, seed)
@@ -217,8 +220,7 @@ def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0) -> list[
 def time_pipeline(name: str, config: BenchConfig, input_dir: Path, warm_dir: Path | None, work: Path,
                   batch_size: int, count: int, weights: str | None = None) -> dict:
     """Time ``run_inpaint`` filling ``input_dir`` with method ``name`` (or the ``weights`` file)."""
-    from facefill.config import InpaintConfig
-    from facefill.engine.inpaint import run_inpaint
+    from facefill.engine.inpaint import run_inpaint  # looked up per call: tests stand in a module
 
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
@@ -263,8 +265,6 @@ def parse_sweep(values) -> tuple[str, ...]:
     """``--sweep``: "25,50,100,ddpm" (or a sequence of such items) -> ("25", "50", "100", "ddpm"):
     positive integers (sampling steps / latent-search iterations) and the word ``ddpm``, in
     order, repeats dropped."""
-    from facefill.config import split_list
-
     items = split_list(values) if isinstance(values, str) else tuple(str(v).strip() for v in values)
     settings = []
     for item in items:
@@ -306,8 +306,6 @@ def _validate(config: BenchConfig) -> None:
 
 def _print_tables(console, result: dict) -> None:
     from rich.table import Table
-
-    from facefill.report.tables import format_value
 
     if result.get("trade_off"):
         _print_trade_off(console, result)
@@ -367,8 +365,6 @@ def _trade_off_columns(result: dict) -> list[tuple[str, str, int]]:
 
 def trade_off_markdown(result: dict) -> str:
     """The sweep's Markdown report: where it ran, then one table row per (method, setting)."""
-    from facefill.report.tables import markdown_table
-
     rows = result["trade_off"]
     first = rows[0]
     columns = _trade_off_columns(result)
@@ -391,8 +387,6 @@ def trade_off_markdown(result: dict) -> str:
 
 def _print_trade_off(console, result: dict) -> None:
     from rich.table import Table
-
-    from facefill.report.tables import format_value
 
     rows = result["trade_off"]
     columns = _trade_off_columns(result)
@@ -428,9 +422,6 @@ def run_trade_off(config: BenchConfig, device: torch.device, console) -> list[di
     ``config.warmup`` untimed batches; one row per (method, setting)."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from facefill.config import EvalConfig
-    from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
 
     settings = parse_sweep(config.sweep)
     items, shape, size = load_test_split(config.data, config.masks, config.limit)
@@ -597,8 +588,6 @@ def run_train_bench(config: BenchConfig, device: torch.device, console) -> list[
 def _print_train_table(console, result: dict) -> None:
     from rich.table import Table
 
-    from facefill.report.tables import format_value
-
     first = result["train"][0]
     table = Table(title=f"facefill bench --train - {result['device_name']}; matmul peak bf16 "
                         f"{first['peak_bf16_tflops']:.3f}, fp32 {first['peak_fp32_tflops']:.3f} TFLOP/s; "
@@ -621,9 +610,6 @@ def measure_methods(config: BenchConfig, device: torch.device,
                     console) -> tuple[list[dict], list[dict], str | None]:
     """Every method / weights file alone at every batch size, then in the whole pipeline; returns
     (rows, pipeline rows, why the pipeline was skipped or None)."""
-    from facefill.config import EvalConfig
-    from facefill.engine.evaluate import resolve_methods
-
     entries = resolve_methods(EvalConfig(methods=config.methods, weights=config.weights, amp=config.amp),
                               device, config.size)
     rows = []
@@ -679,10 +665,6 @@ def run_bench(config: BenchConfig) -> dict:
     ``config.sweep``, only the speed/quality sweep (``trade_off``, also written as Markdown beside
     the JSON). Write ``config.out`` (JSON) and return what it holds."""
     from rich.console import Console
-
-    from facefill import __version__
-    from facefill.devices import resolve_device
-    from facefill.report.tables import write_json, write_markdown
 
     _validate(config)
     device = resolve_device(config.device)
