@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from facefill.checkpoint import (WeightsError, config_from_dict, export_weights, load_checkpoint,
-                                 method_from_payload, remove_parts, save_checkpoint)
+from facefill.checkpoint import (WeightsError, check_payload, config_from_dict, export_weights,
+                                 load_checkpoint, method_from_payload, remove_parts, save_checkpoint)
 from facefill.config import TrainConfig, config_dict
 from facefill.data.augment import DeviceBatches, augment, check_mask_kind
 from facefill.data.dataset import EpochSampler, FaceDataset, load_training_images, parse_data_spec, read_manifest
@@ -243,9 +243,8 @@ class Trainer:
     def _init_from(self, weights) -> None:
         """A shipped weights file's inference networks (the generator) as the starting point."""
         payload = load_checkpoint(weights)
-        if not isinstance(payload, dict) or "state_dict" not in payload:
-            raise WeightsError(f"{weights}: not a facefill weights file (no state_dict)")
-        if payload.get("method") != self.method.name:
+        check_payload(payload, weights)
+        if payload["method"] != self.method.name:
             raise WeightsError(f"{weights}: holds {payload.get('method')!r} weights, not {self.method.name!r}")
         try:
             self.method.load_export_state(payload["state_dict"])
