@@ -16,7 +16,9 @@ from facefill.config import config_dict
 from facefill.fileio import atomic_path, write_bytes_atomic, write_json_atomic
 from facefill.registry import get_method_class, make_config
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 2: int8 storage (``scales``); float16 files are still written as 1
+STORAGES = ("float16", "int8")
+INT8_MIN_ELEMENTS = 256     # smaller tensors (biases, norms) stay float16 under int8 storage
 PARTS_KIND = "facefill-checkpoint-parts"
 PARTS_MAGIC = b'{\n "kind": "' + PARTS_KIND.encode()
 
@@ -105,19 +107,57 @@ def half_precision(state: dict) -> dict:
             for k, v in state.items()}
 
 
-def weights_payload(method, meta: dict) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "method": method.name,
-        "config": config_dict(method.config),
-        "state_dict": half_precision(method.export_state()),
-        "meta": {"facefill_version": facefill.__version__, "storage": "float16", **meta},
-    }
+def quantize_int8(state: dict) -> tuple[dict, dict]:
+    """Weight-only int8 storage (a quarter of float32): every float tensor of two or more dimensions
+    and at least INT8_MIN_ELEMENTS elements becomes int8 with one float16 scale per slice along its
+    first dimension (symmetric, max |w| -> 127); the rest is stored as float16. Returns
+    (state with int8 tensors, {module: {key: scales}})."""
+    stored, scales = {}, {}
+    for module, tensors in state.items():
+        stored[module], scales[module] = {}, {}
+        for key, value in tensors.items():
+            if value.is_floating_point() and value.dim() >= 2 and value.numel() >= INT8_MIN_ELEMENTS:
+                flat = value.detach().float().flatten(1)
+                scale = (flat.abs().amax(1) / 127).clamp_min(1e-12).half()
+                quantized = (flat / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+                stored[module][key] = quantized.view_as(value)
+                scales[module][key] = scale
+            else:
+                stored[module][key] = value.half() if value.is_floating_point() else value
+    return stored, scales
 
 
-def export_weights(method, path, meta: dict) -> dict:
+def stored_state(payload: dict) -> dict:
+    """A weights file's state dict in float32 where it was quantized (its ``scales``)."""
+    scales = payload.get("scales") or {}
+    state = payload["state_dict"]
+    if not scales:
+        return state
+    restored = {}
+    for module, tensors in state.items():
+        module_scales = scales.get(module, {})
+        restored[module] = {key: value.float() * module_scales[key].float().view(-1, *[1] * (value.dim() - 1))
+                            if key in module_scales else value for key, value in tensors.items()}
+    return restored
+
+
+def weights_payload(method, meta: dict, storage: str = "float16") -> dict:
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
+    state = method.export_state()
+    payload = {"format_version": 1, "method": method.name, "config": config_dict(method.config)}
+    if storage == "int8":
+        payload["state_dict"], payload["scales"] = quantize_int8(state)
+        payload["format_version"] = 2  # an older facefill would load the int8 values unscaled
+    else:
+        payload["state_dict"] = half_precision(state)
+    payload["meta"] = {"facefill_version": facefill.__version__, **meta, "storage": storage}
+    return payload
+
+
+def export_weights(method, path, meta: dict, storage: str = "float16") -> dict:
     """Write the inference-only weights file and its JSON card (``.json`` beside it)."""
-    payload = weights_payload(method, meta)
+    payload = weights_payload(method, meta, storage)
     save_checkpoint(path, payload)
     card = {"method": payload["method"], "file": Path(path).name, "config": payload["config"],
             **payload["meta"]}
@@ -148,8 +188,8 @@ def check_payload(payload, path) -> type:
         raise WeightsError(f"{path}: {error}") from None
     if not cls.trainable:
         raise WeightsError(f"{path}: method {name!r} has no weights to load (use --method {name})")
-    if not isinstance(payload.get("config", {}), dict) or not isinstance(payload["state_dict"], dict):
-        raise WeightsError(f"{path}: config and state_dict must be dicts")
+    if not all(isinstance(payload.get(key, {}), dict) for key in ("config", "state_dict", "scales")):
+        raise WeightsError(f"{path}: config, state_dict and scales must be dicts")
     return cls
 
 
@@ -163,14 +203,16 @@ def method_from_payload(payload, path, device="cpu"):
         raise WeightsError(f"{path}: its config cannot build {payload['method']!r} "
                            f"({_first_line(error)})") from None
     try:
-        method.load_export_state(payload["state_dict"])
+        method.load_export_state(stored_state(payload))
     except Exception as error:  # missing keys, shapes that differ from the config's networks
         raise WeightsError(f"{path}: its state_dict does not match its config "
                            f"({_first_line(error)})") from None
     method.eval()
     method.weights_meta = payload.get("meta", {})
     method.weights_path = str(path)
-    return method.to_device(torch.device(device))
+    method = method.to_device(torch.device(device))
+    method.prepare_inference()
+    return method
 
 
 def _first_line(error: Exception) -> str:

@@ -216,8 +216,12 @@ def train(method, config_file, sets, **flags):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Store this method setting in the weights (inference settings, e.g. --set eta=1.0 "
                    "for ddpm-ffc); the card records it.")
+@click.option("--storage", type=click.Choice(["float16", "int8"]),
+              help="How the weights are stored: float16 (half of float32), or int8 with a float16 scale per "
+                   "output channel (a quarter; check the card's metrics). [default: float16, or the "
+                   "weights file's own]")
 @amp_option
-def export(checkpoint, weights, data, masks, notes, sets, amp):
+def export(checkpoint, weights, data, masks, notes, sets, storage, amp):
     """Write the inference-only weights file and its JSON card from a training checkpoint.
 
     CHECKPOINT may also be a weights file: it is copied with its training record, and with
@@ -225,8 +229,10 @@ def export(checkpoint, weights, data, masks, notes, sets, amp):
     from facefill.engine.train import export_checkpoint
 
     settings = _run(cfg.parse_sets, sets)
-    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes, amp, settings)
-    click.echo(f"wrote {weights} ({card['parameters']:,} parameters)")
+    card = _run(export_checkpoint, checkpoint, weights, data, cfg.split_list(masks), notes, amp, settings,
+                storage)
+    parameters = card.get("parameters")
+    click.echo(f"wrote {weights}" + (f" ({parameters:,} parameters)" if isinstance(parameters, int) else ""))
 
 
 @main.command()
@@ -324,6 +330,10 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--warmup", default=1, show_default=True, help="Untimed runs (batches with --sweep) first.")
 @click.option("--pipeline-images", default=32, show_default=True,
               help="Images for the whole-pipeline (decode, fill, encode) measurement; 0 skips it.")
+@click.option("--pipeline-from", type=click.Path(exists=True, file_okay=False),
+              help="Photos for the whole-pipeline measurement (the first --pipeline-images, centre square "
+                   "at --size, centre-quarter hole), e.g. a prepared set's test/ folder.  [default: "
+                   "synthetic images without faces: face detection's worst case]")
 @click.option("--sweep", metavar="LIST",
               help="Speed/quality trade-off instead of the synthetic measurements: comma-separated settings, "
                    "e.g. 25,50,100,ddpm (integer: DDIM sampling steps, or wgan latent-search iterations; "
@@ -344,8 +354,8 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
 @click.option("--compile", is_flag=True, help="--train: torch.compile the networks.")
 @amp_option
 @click.option("--seed", default=0, show_default=True)
-def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, sweep, data, masks,
-          limit, batch_size, out, train_mode, train_masks, compile, amp, seed):
+def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, pipeline_from, sweep,
+          data, masks, limit, batch_size, out, train_mode, train_masks, compile, amp, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
     or, with --sweep, speed against quality over sampling settings.
 
@@ -366,6 +376,7 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
         settings = parse_sweep(sweep) if sweep is not None else ()
         return cfg.BenchConfig(methods=names, weights=tuple(weights), size=size, batch_sizes=sizes,
                                device=device, repeat=repeat, warmup=warmup, pipeline_images=pipeline_images,
+                               pipeline_from=pipeline_from,
                                out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
                                batch_size=batch_size, amp=amp, train=train_mode, train_masks=train_masks,
                                compile=compile)

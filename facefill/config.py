@@ -80,6 +80,7 @@ class BenchConfig:
     repeat: int = 5
     warmup: int = 1
     pipeline_images: int = 32          # images for the whole-pipeline measurement
+    pipeline_from: str | None = None   # photos for it (centre square at ``size``); None: synthetic
     out: str = "reports/bench.json"
     seed: int = 0
     weights: tuple[str, ...] = ()      # weights files; each adds (or pins) its method, as in eval

@@ -6,6 +6,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,31 @@ def test_pipeline_measurement_with_stand_in_engine(tmp_path, monkeypatch):
     assert row["done"] == 5 and row["failed"] == 0 and row["images_per_s"] > 0
     assert row["overhead_s_per_image"] == pytest.approx(row["seconds_per_image"] - row["method_seconds_per_image"])
     assert row["overhead_pct"] == pytest.approx(100 * row["overhead_s_per_image"] / row["seconds_per_image"])
+
+
+def test_pipeline_from_a_folder_of_photos(tmp_path):
+    from PIL import Image
+
+    from facefill.engine.bench import write_pipeline_inputs
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.jpg", (40, 60, 3)), ("b.png", (50, 30, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(photos / name)
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(photos / "a_mask.png")  # a mask, not a photo
+    stems = write_pipeline_inputs(tmp_path / "in", 3, 32, source=photos)
+    sizes = [Image.open(tmp_path / "in" / f"{stem}.png").size for stem in stems]
+    assert sizes == [(32, 32)] * 3
+    first, third = (np.asarray(Image.open(tmp_path / "in" / f"{s}.png")) for s in (stems[0], stems[2]))
+    assert np.array_equal(first, third)  # two photos, cycled
+    out = tmp_path / "bench.json"
+    run_bench(BenchConfig(methods=("telea",), size=32, batch_sizes=(2,), device="cpu", repeat=1,
+                          pipeline_images=3, pipeline_from=str(photos), out=str(out)))
+    (row,) = _strict_json(out)["pipeline"]
+    assert row["inputs"] == str(photos) and row["done"] == 3
+    with pytest.raises(ValueError, match="no images"):
+        write_pipeline_inputs(tmp_path / "in2", 2, 32, source=tmp_path / "in2")
 
 
 class _FixedSize(Inpainter):

@@ -202,6 +202,25 @@ def test_export_and_load_round_trip(tmp_path):
         assert torch.allclose(method.inpaint(image, mask), loaded.inpaint(image, mask), atol=2e-2)
 
 
+def test_inference_form_folds_batch_norms_and_fills_the_same(tmp_path):
+    method = tiny_method(stages=2)
+    for _ in range(3):  # running statistics away from their initial 0 / 1
+        method.training_step(centre_batch(32, 2), 0)
+    method.eval()
+    export_weights(method, tmp_path / "w.pt", {"size": 32})
+    loaded = load_weights(tmp_path / "w.pt")  # loading for inference prepares the fast form
+    fast = loaded.__dict__["inference_generator"]
+    norms = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert norms(fast) < norms(loaded.generator) and "inference_generator" not in dict(loaded.named_modules())
+    image, mask = torch.rand(2, 3, 40, 48), box_mask(2, 40, 48, 8, 8, 16)
+    plain = load_weights(tmp_path / "w.pt")
+    del plain.__dict__["inference_generator"]
+    assert torch.allclose(loaded.inpaint(image, mask), plain.inpaint(image, mask), atol=1e-5)
+    assert set(loaded.export_state()["generator"]) == set(method.generator.state_dict())  # export untouched
+    loaded.train()
+    assert torch.equal(loaded.generate(image, mask), loaded.generator(torch.cat([(image * 2 - 1) * (1 - mask), mask], 1)))
+
+
 def test_trains_and_exports_through_the_engine(tiny_dataset, tmp_path):
     from facefill.config import TrainConfig
     from facefill.engine.train import export_checkpoint, train

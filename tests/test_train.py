@@ -248,6 +248,51 @@ def test_export_of_a_weights_file_keeps_its_record_and_measures_again(tiny_datas
                for m in a["state_dict"] for k in a["state_dict"][m])
 
 
+def test_int8_storage_is_a_quarter_of_float32_and_fills_within_a_grey_level(tmp_path):
+    from facefill.checkpoint import export_weights, quantize_int8, stored_state
+
+    method = create_method("dense-gan", size=32, base_channels=16, growth=8, max_channels=32).eval()
+    float16, int8 = tmp_path / "f16.pt", tmp_path / "i8.pt"
+    export_weights(method, float16, {"size": 32})
+    export_weights(method, int8, {"size": 32}, storage="int8")
+    payload = torch.load(int8, weights_only=True)
+    assert payload["format_version"] == 2 and payload["meta"]["storage"] == "int8"
+    assert json.loads(int8.with_suffix(".json").read_text())["storage"] == "int8"
+    assert int8.stat().st_size < 0.6 * float16.stat().st_size
+    state = method.export_state()["generator"]
+    restored = stored_state(payload)["generator"]
+    for key, value in state.items():
+        if value.is_floating_point() and value.dim() >= 2 and value.numel() >= 256:
+            assert payload["state_dict"]["generator"][key].dtype == torch.int8
+            step = value.abs().flatten(1).amax(1).view(-1, *[1] * (value.dim() - 1)) / 127
+            assert ((restored[key] - value).abs() <= step / 2 + 1e-3 * step + 1e-8).all()  # half a step, fp16 scale
+    data = batch()
+    exact = method.inpaint(data["image"], data["mask"])
+    assert (load_weights(int8).inpaint(data["image"], data["mask"]) - exact).abs().mean() < 1 / 255
+    stored, scales = quantize_int8({"m": {"zero": torch.zeros(4, 64), "bias": torch.ones(4)}})
+    assert torch.equal(stored_state({"state_dict": stored, "scales": scales})["m"]["zero"], torch.zeros(4, 64))
+    assert "bias" not in scales["m"] and stored["m"]["bias"].dtype == torch.float16
+
+
+def test_export_cli_storage_keeps_a_weights_file_int8_when_recarded(tiny_dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from facefill.cli import main
+    from facefill.checkpoint import export_weights
+
+    export_weights(tiny_method("dense-gan").eval(), tmp_path / "a.pt", {"size": 32, "steps": 1})
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--storage", "int8"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["export", str(tmp_path / "b.pt"), str(tmp_path / "c.pt"),
+                                  "--data", str(tiny_dataset), "--masks", "center"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "c.json").read_text())
+    assert card["storage"] == "int8" and card["steps"] == 1 and 0 < card["metrics"]["center"]["psnr"] < 100
+    result = runner.invoke(main, ["export", str(tmp_path / "b.pt"), str(tmp_path / "d.pt"), "--storage", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output
+
+
 def test_several_data_sets_with_weights(tiny_dataset, tmp_path):
     from facefill.data.dataset import epoch_order, parse_data_spec
 

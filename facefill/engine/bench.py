@@ -200,21 +200,47 @@ def _count(value) -> int:
     return int(value)
 
 
-def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0) -> list[str]:
-    """``count`` PNGs ``bench_NNNN.png`` with ``bench_NNNN_mask.png`` (white = hole) in ``folder``."""
+def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0, source=None) -> list[str]:
+    """``count`` PNGs ``bench_NNNN.png`` with ``bench_NNNN_mask.png`` (white = hole, the centre
+    quarter) in ``folder``: synthetic face-free images, or with ``source`` the first ``count`` photos
+    of that folder (cycled if fewer), each cut to its centre square and resized to ``size``."""
     from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    images = synthetic_images(count, size, seed)
     mask = (center_masks(1, size)[0, 0].numpy() > 0.5).astype(np.uint8) * 255
+    photos = source_photos(source, count, size) if source else None
+    images = None if photos else synthetic_images(count, size, seed)
     stems = []
     for index in range(count):
         stem = f"bench_{index:04d}"
-        Image.fromarray(to_uint8(images[index])).save(folder / f"{stem}.png")
+        pixels = photos[index % len(photos)] if photos else to_uint8(images[index])
+        Image.fromarray(pixels).save(folder / f"{stem}.png")
         Image.fromarray(mask).save(folder / f"{stem}_mask.png")
         stems.append(stem)
     return stems
+
+
+def source_photos(source, count: int, size: int) -> list[np.ndarray]:
+    """The centre squares of the first ``count`` photos of ``source`` at ``size`` px (RGB uint8)."""
+    import cv2
+
+    from facefill.data.folders import list_images
+    from facefill.imaging import read_rgb
+
+    paths = list_images(source)[:count]
+    if not paths:
+        raise ValueError(f"{source}: no images for the pipeline measurement")
+    photos = []
+    for path in paths:
+        rgb = read_rgb(path)
+        height, width = rgb.shape[:2]
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        square = np.ascontiguousarray(rgb[top:top + side, left:left + side])
+        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+        photos.append(cv2.resize(square, (size, size), interpolation=interpolation))
+    return photos
 
 
 def time_pipeline(name: str, config: BenchConfig, input_dir: Path, warm_dir: Path | None, work: Path,
@@ -641,7 +667,8 @@ def measure_methods(config: BenchConfig, device: torch.device,
     else:
         with tempfile.TemporaryDirectory(prefix="facefill-bench-") as tmp:
             work = Path(tmp)
-            write_pipeline_inputs(work / "in", config.pipeline_images, config.size, config.seed)
+            write_pipeline_inputs(work / "in", config.pipeline_images, config.size, config.seed,
+                                  config.pipeline_from)
             warm_dir = None
             if config.warmup > 0:
                 warm_count = min(config.pipeline_images, largest, 4)
@@ -653,7 +680,8 @@ def measure_methods(config: BenchConfig, device: torch.device,
                                         config.pipeline_images, weights=method_weights[name])
                 alone = next(r for r in rows if r["method"] == name and r["batch_size"] == largest)
                 overhead = row["seconds_per_image"] - alone["seconds_per_image"]
-                row.update(method_size=method_sizes[name], method_images_per_s=alone["images_per_s"],
+                row.update(inputs=config.pipeline_from or "synthetic (no faces)",
+                           method_size=method_sizes[name], method_images_per_s=alone["images_per_s"],
                            method_seconds_per_image=alone["seconds_per_image"], overhead_s_per_image=overhead,
                            overhead_pct=100.0 * overhead / row["seconds_per_image"])
                 pipeline.append(row)

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from facefill.checkpoint import (WeightsError, check_payload, config_from_dict, export_weights,
-                                 load_checkpoint, method_from_payload, remove_parts, save_checkpoint)
+                                 load_checkpoint, method_from_payload, remove_parts, save_checkpoint,
+                                 stored_state)
 from facefill.config import TrainConfig, config_dict
 from facefill.data.augment import DeviceBatches, augment, check_mask_kind
 from facefill.data.dataset import EpochSampler, FaceDataset, load_training_images, parse_data_spec, read_manifest
@@ -247,7 +248,7 @@ class Trainer:
         if payload["method"] != self.method.name:
             raise WeightsError(f"{weights}: holds {payload.get('method')!r} weights, not {self.method.name!r}")
         try:
-            self.method.load_export_state(payload["state_dict"])
+            self.method.load_export_state(stored_state(payload))
         except (RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
             raise WeightsError(f"{weights}: does not fit this {self.method.name} configuration ({first})") from None
@@ -466,11 +467,12 @@ def train(config: TrainConfig) -> dict:
 
 # ---------------------------------------------------------------- export
 def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=("center",), notes=(),
-                      amp: bool = False, settings: dict | None = None) -> dict:
+                      amp: bool = False, settings: dict | None = None, storage: str | None = None) -> dict:
     """Inference-only weights (EMA when trained with it) and the JSON card; with ``data``, the
     test-split metrics from ``facefill eval`` are measured (bf16 autocast with ``amp``) and recorded
     in the card. ``settings`` replace method settings in the stored config (inference ones, such
-    as a sampler's ``eta`` chosen on validation images); the card records them."""
+    as a sampler's ``eta`` chosen on validation images); the card records them. ``storage``:
+    float16 or int8 (checkpoint.STORAGES); by default float16, or a weights file's own."""
     state = load_checkpoint(checkpoint)
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: holds a {type(state).__name__}, not a facefill training "
@@ -479,7 +481,7 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
     if state.get("kind") != "training-checkpoint" and "state_dict" in state:
         payload = {**state, "config": _replaced_settings(state["method"], state.get("config", {}), settings)}
         return recard_weights(method_from_payload(payload, checkpoint), weights, data, mask_kinds, notes, amp,
-                              settings)
+                              settings, storage)
     if state.get("kind") != "training-checkpoint":
         raise ValueError(f"{checkpoint}: not a facefill training checkpoint or weights file")
     config = _replaced_settings(state["method"], state["config"], settings)
@@ -498,32 +500,35 @@ def export_checkpoint(checkpoint, weights, data: str | None = None, mask_kinds=(
             "wall_time_minutes": round(state["train_seconds"] / 60, 1),
             "best_val_psnr": state.get("best_psnr"), "parameters": parameters, "metrics": {},
             "notes": list(notes), **({"export_settings": settings} if settings else {})}
-    export_with_metrics(method, weights, meta, data, mask_kinds, amp)
+    export_with_metrics(method, weights, meta, data, mask_kinds, amp, storage or "float16")
     return meta
 
 
 def recard_weights(method, weights, data=None, mask_kinds=("center",), notes=(), amp: bool = False,
-                   settings: dict | None = None) -> dict:
+                   settings: dict | None = None, storage: str | None = None) -> dict:
     """Write a method loaded from exported weights (e.g. trained on another machine) to ``weights``
     keeping its training record; with ``data``, its metrics are measured again here and replace
     the old ones."""
+    storage = storage or method.weights_meta.get("storage", "float16")
     meta = {key: value for key, value in method.weights_meta.items()
             if key not in ("facefill_version", "storage")}  # weights_payload writes these afresh
     meta["notes"] = list(meta.get("notes", [])) + list(notes)
     if settings:
         meta["export_settings"] = {**meta.get("export_settings", {}), **settings}
-    export_with_metrics(method, weights, meta, data, mask_kinds, amp)
+    export_with_metrics(method, weights, meta, data, mask_kinds, amp, storage)
     return meta
 
 
-def export_with_metrics(method, weights, meta, data, mask_kinds, amp: bool = False) -> None:
-    """Write the weights and card; with ``data``, measure the test metrics and write them in."""
-    export_weights(method, weights, meta)
+def export_with_metrics(method, weights, meta, data, mask_kinds, amp: bool = False,
+                        storage: str = "float16") -> None:
+    """Write the weights and card; with ``data``, measure the test metrics (of the weights as
+    stored) and write them in."""
+    export_weights(method, weights, meta, storage)
     if data:
         meta["metrics"] = evaluate_weights(weights, data, mask_kinds, amp)
         meta["eval_command"] = (f"facefill eval --data {data} --masks <kind> --methods '' --weights {weights}"
                                 + (" --amp" if amp else ""))
-        export_weights(method, weights, meta)
+        export_weights(method, weights, meta, storage)
 
 
 def evaluate_weights(weights, data, mask_kinds, amp: bool = False) -> dict:

@@ -85,9 +85,10 @@ def detector_available() -> bool:
 
 
 def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
-    """Frontal faces in ``rgb`` (HxWx3 uint8), largest first. Where ``hole`` (HxW bool) is given,
-    the hole is first filled roughly (Telea, on the small detection copy) so that an occluder over
-    the eyes or mouth does not hide the face from the detector."""
+    """Frontal faces in ``rgb`` (HxWx3 uint8), largest first. Where ``hole`` (HxW bool) is given
+    and some part of it touches no face found, the detector looks again with the hole filled
+    roughly (Telea, on the small detection copy), so that an occluder over the eyes or mouth does
+    not hide the face."""
     faces_cascade = _cascade("haarcascade_frontalface_default.xml")
     if faces_cascade is None:
         return []
@@ -96,23 +97,36 @@ def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
     small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                                                 interpolation=cv2.INTER_AREA)
     gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
-    views = [(cv2.equalizeHist(gray), 5)]
+    least = max(20, round(MIN_FACE_FRACTION * min(gray.shape)))
+    boxes = _detect(faces_cascade, cv2.equalizeHist(gray), 5, least)
     if hole is not None and hole.any():
         small_hole = cv2.resize(hole.astype(np.uint8), gray.shape[::-1], interpolation=cv2.INTER_NEAREST)
         small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
-        # fewer neighbours needed here: a false face counts only where a hole overlaps it
-        views.append((cv2.equalizeHist(cv2.inpaint(gray, small_hole * 255, 3, cv2.INPAINT_TELEA)), 3))
-    least = max(20, round(MIN_FACE_FRACTION * min(gray.shape)))
-    boxes = []
-    for view, neighbours in views:  # as given, and with the hole roughly filled: an occluder may hide the face
-        found = faces_cascade.detectMultiScale(view, scaleFactor=1.1, minNeighbors=neighbours, minSize=(least, least))
-        boxes += [tuple(int(v) for v in f) for f in found]
+        if _some_part_off(small_hole, boxes):
+            # fewer neighbours needed here: a false face counts only where a hole overlaps it
+            rough = cv2.inpaint(gray, small_hole * 255, 3, cv2.INPAINT_TELEA)
+            boxes += _detect(faces_cascade, cv2.equalizeHist(rough), 3, least)
     faces = []
     for box in _distinct(boxes):
         angle, eyes = _eye_angle(gray, box)  # the eye cascade does better without equalisation
         x, y, w, h = box
         faces.append(Face((x / scale, y / scale, w / scale, h / scale), angle, eyes))
     return faces
+
+
+def _detect(cascade, view: np.ndarray, neighbours: int, least: int) -> list[tuple[int, int, int, int]]:
+    found = cascade.detectMultiScale(view, scaleFactor=1.1, minNeighbors=neighbours, minSize=(least, least))
+    return [tuple(int(v) for v in box) for box in found]
+
+
+def _some_part_off(hole: np.ndarray, boxes) -> bool:
+    """Whether some connected part of ``hole`` (uint8, 1 = hole) touches none of ``boxes``: only
+    then can a face hidden by an occluder matter, and the second, rough-filled look is needed."""
+    count, labels = cv2.connectedComponents(hole, connectivity=8)
+    touched = set()
+    for x, y, w, h in boxes:
+        touched.update(np.unique(labels[y:y + h, x:x + w]).tolist())
+    return any(label not in touched for label in range(1, count))
 
 
 def _distinct(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:

@@ -63,6 +63,10 @@ class TrainableInpainter(Inpainter, nn.Module):
         its queued work; the trainer converts the logs once, on the steps it logs."""
         raise NotImplementedError
 
+    def prepare_inference(self) -> None:
+        """Called once a method is loaded for inference alone (never for training): a place to
+        build faster inference-only forms of its networks. Nothing by default."""
+
     def inference_modules(self) -> dict[str, nn.Module]:
         """The sub-networks inference needs (the generator; not the discriminators)."""
         raise NotImplementedError

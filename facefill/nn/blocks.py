@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.utils.fusion
 from torch import nn
 
 
@@ -14,6 +15,21 @@ def conv_bn_act(in_ch, out_ch, kernel=3, stride=1, padding=None, act="relu", nor
         layers.append(nn.BatchNorm2d(out_ch))
     layers.append(activation(act))
     return nn.Sequential(*layers)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """In place, for inference: every BatchNorm2d that directly follows a Conv2d in a Sequential is
+    folded into that convolution (its running statistics and affine become the conv's weight and
+    bias) and replaced by an Identity. The output is unchanged up to float rounding."""
+    for child in module.children():
+        if isinstance(child, nn.Sequential):
+            for index in range(len(child) - 1):
+                conv, norm = child[index], child[index + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
+                    child[index] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv.eval(), norm.eval())
+                    child[index + 1] = nn.Identity()
+        fold_batch_norms(child)
+    return module
 
 
 def activation(name: str) -> nn.Module:
