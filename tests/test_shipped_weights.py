@@ -17,6 +17,14 @@ def test_weights_ship():
                                          "wgan-64", "context-encoder-64", "autoencoder-64", "ddpm-ffc-64"}
 
 
+def test_weights_folder_keeps_its_budget():
+    """weights/ holds at most 64 MiB in all and no file over 16 MiB (the standards)."""
+    files = [p for p in weights_dir().rglob("*") if p.is_file()]
+    sizes = {p.name: p.stat().st_size for p in files}
+    assert sum(sizes.values()) <= 64 * 2**20, f"weights/ holds {sum(sizes.values()) / 2**20:.1f} MiB"
+    assert max(sizes.values()) <= 16 * 2**20, max(sizes, key=sizes.get)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_card_is_complete_and_records_test_metrics(path):
     card = json.loads(path.with_suffix(".json").read_text())
@@ -25,6 +33,8 @@ def test_card_is_complete_and_records_test_metrics(path):
     centre = card["metrics"]["center"]
     assert centre["split"] == "test" and centre["count"] >= 1000
     assert 15 < centre["psnr"] < 40 and 0 < centre["ssim"] <= 1
+    assert card["storage"] in ("float16", "int8")
+    assert card["storage"] == torch.load(path, weights_only=True)["meta"]["storage"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
