@@ -210,7 +210,7 @@ def test_eval_scores_exactly_the_bytes_inpaint_writes(tmp_path):
                                torch.from_numpy(hole)[None, None].float(), FillOptions(seed=5))
     scored = scored[0].mul(255).round().byte().permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
-    Image.fromarray(scored).save(buffer, "PNG", compress_level=6)
+    Image.fromarray(scored).save(buffer, "PNG", **folders.encode_options("PNG"))
     assert buffer.getvalue() == written
     assert not np.array_equal(scored[hole], image[hole])
 

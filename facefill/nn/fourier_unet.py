@@ -19,7 +19,9 @@ from facefill.nn.ffc import FFCResBlock
 
 
 def conv_norm_relu(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, padding_mode="reflect", bias=False),
+    # a 1x1 conv pads nothing, but with padding_mode="reflect" torch still copies its input through F.pad
+    padding_mode = "reflect" if kernel > 1 else "zeros"
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, padding_mode=padding_mode, bias=False),
                          nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 
