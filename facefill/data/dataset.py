@@ -49,14 +49,18 @@ def list_split(data: str | Path, split: str) -> list[Path]:
     return files
 
 
-def read_manifest(data) -> dict:
+def read_manifest(data, required: bool = True) -> dict:
+    """DATA/manifest.json (written by ``facefill prepare``); a missing one is an error, or ``{}``
+    where it is not ``required`` (eval of a plain folder of test images and masks)."""
     path = Path(data) / "manifest.json"
-    if not path.exists():
+    if not path.is_file():
+        if not required:
+            return {}
         raise FileNotFoundError(f"{path}: not found; run `facefill prepare SRC {data}` first")
     try:
         return json.loads(path.read_text())
-    except ValueError:
-        raise ValueError(f"{path}: not valid JSON") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable manifest ({error})") from None
 
 
 def parse_data_spec(spec: str) -> tuple[str, float]:

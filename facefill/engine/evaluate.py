@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import logging
 import math
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from facefill.config import EvalConfig
+from facefill.data.dataset import read_manifest
 from facefill.inference.fitting import PasteSettings, fill_batch
 from facefill.inference.options import FillOptions, warn_unused
 
@@ -214,16 +214,6 @@ def eval_items(data, masks: str, limit: int | None = None) -> list[EvalItem]:
     return items
 
 
-def read_manifest(data) -> dict:
-    path = Path(data) / "manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable manifest ({error})") from None
-
-
 def _load_pair(item: EvalItem, shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
     from facefill.imaging import read_mask, read_rgb
 
@@ -242,7 +232,7 @@ def load_test_split(data, masks: str,
     """What eval scores: the items (``eval_items``), the test images' (height, width), and the
     data's size (the manifest's, else the larger side) for choosing shipped weights."""
     items = eval_items(data, masks, limit)
-    manifest = read_manifest(data)
+    manifest = read_manifest(data, required=False)
     first_image, _ = _load_pair(items[0], None)
     shape = first_image.shape[:2]
     size = int(manifest.get("size") or max(shape))

@@ -20,9 +20,10 @@ import torch
 from facefill import __version__
 from facefill.checkpoint import weights_dir
 from facefill.config import EvalConfig, PrepareConfig, ReproduceConfig
+from facefill.data.dataset import read_manifest
 from facefill.data.prepare import prepare
 from facefill.devices import resolve_device
-from facefill.engine.evaluate import (CSV_COLUMNS, eval_items, mean_metrics, read_manifest, resolve_methods,
+from facefill.engine.evaluate import (CSV_COLUMNS, eval_items, mean_metrics, resolve_methods,
                                       score_method)
 from facefill.inference.options import FillOptions
 from facefill.papers import DATASETS, Paper, Reported, select_papers
@@ -95,7 +96,7 @@ def select_items(paper: Paper, data: Path, kind: str, limit: int | None):
     items = eval_items(data, kind)
     total = len(items)
     if paper.sharpest:
-        scores = (read_manifest(data).get("sharpness") or {}).get("scores") or {}
+        scores = (read_manifest(data, required=False).get("sharpness") or {}).get("scores") or {}
         if not scores:
             raise ValueError(f"{data / 'manifest.json'}: no sharpness scores (re-run facefill prepare)")
         count = max(1, round(paper.sharpest * total))
@@ -190,7 +191,7 @@ def score_paper(paper: Paper, config: ReproduceConfig, device, progress=None, co
     """Score one paper's protocol; returns (its result, its per-image rows)."""
     start, cpu_start = time.perf_counter(), time.process_time()
     data = ensure_data(paper.data, config, console)
-    size = int(read_manifest(data).get("size") or DATASETS[paper.data].size)
+    size = int(read_manifest(data, required=False).get("size") or DATASETS[paper.data].size)
     limit = config.limit if config.limit is not None else paper.limit
     samples = {kind: select_items(paper, data, kind, limit) for kind in paper.masks}
     measured, per_image = {}, []
