@@ -34,8 +34,9 @@ def backdrop(side: int, rng) -> np.ndarray:
     return np.clip(field, 0, 255).astype(np.uint8)
 
 
-def make_photo(face: np.ndarray, side: int, rng) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """(photo, hole, (x, y, width) of the face square)."""
+def make_photo(face: np.ndarray, side: int, rng, face_hole: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(photo, hole, (x, y, width) of the face square); the hole is ``face_hole`` (the face's own
+    stored mask, bool) scaled with the face, or else the centre quarter of the face square."""
     canvas = backdrop(side, rng)
     width = int(rng.uniform(0.3, 0.6) * side)
     x, y = (int(rng.integers(0, side - width + 1)) for _ in range(2))
@@ -45,8 +46,12 @@ def make_photo(face: np.ndarray, side: int, rng) -> tuple[np.ndarray, np.ndarray
     region = canvas[y:y + width, x:x + width].astype(np.float64)
     canvas[y:y + width, x:x + width] = (alpha * scaled + (1 - alpha) * region).round().astype(np.uint8)
     hole = np.zeros((side, side), bool)
-    quarter = width // 4
-    hole[y + quarter:y + width - quarter, x + quarter:x + width - quarter] = True
+    if face_hole is not None:
+        scaled_hole = cv2.resize(face_hole.astype(np.uint8), (width, width), interpolation=cv2.INTER_NEAREST)
+        hole[y:y + width, x:x + width] = scaled_hole > 0
+    else:
+        quarter = width // 4
+        hole[y + quarter:y + width - quarter, x + quarter:x + width - quarter] = True
     return canvas, hole, (x, y, width)
 
 
@@ -74,9 +79,14 @@ def main() -> None:
     parser.add_argument("--pictures", help="also write README pictures (input | mask | fill) here")
     parser.add_argument("--out", help="JSON results (default: WORK/results.json)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--masks", help="a stored mask kind of the faces' set (e.g. sunglasses): each face's own "
+                                        "mask from FACES/../masks/KIND/ instead of the centre quarter")
     args = parser.parse_args()
 
     files = sorted(Path(args.faces).glob("*.png")) + sorted(Path(args.faces).glob("*.jpg"))
+    mask_dir = Path(args.faces).parent / "masks" / args.masks if args.masks else None
+    if mask_dir is not None:
+        files = [f for f in files if (mask_dir / f"{f.stem}.png").is_file()]
     if len(files) < args.count:
         sys.exit(f"{args.faces}: fewer than {args.count} faces")
     rng = np.random.default_rng(args.seed)
@@ -88,7 +98,8 @@ def main() -> None:
         truth, on_faces = {}, 0
         for index in range(args.count):
             face = np.asarray(Image.open(files[index]).convert("RGB"))
-            image, hole, box = make_photo(face, side, rng)
+            face_hole = np.asarray(Image.open(mask_dir / f"{files[index].stem}.png").convert("L")) > 127 if mask_dir else None
+            image, hole, box = make_photo(face, side, rng, face_hole)
             stem = f"photo{index:03d}"
             truth[stem] = (image, hole, box)
             painted = image.copy()

@@ -98,16 +98,14 @@ def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
                                                 interpolation=cv2.INTER_AREA)
     gray = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2GRAY)
     least = max(20, round(MIN_FACE_FRACTION * min(gray.shape)))
-    # coarser scale steps suffice for visible faces (the same faces and median box on CelebA-HQ,
-    # in 56 % of the time); the second look, for a face an occluder hides, keeps the finer ones
-    boxes = _detect(faces_cascade, cv2.equalizeHist(gray), 5, least, scale_step=1.2)
+    boxes = _detect(faces_cascade, cv2.equalizeHist(gray), 5, least)
     if hole is not None and hole.any():
         small_hole = cv2.resize(hole.astype(np.uint8), gray.shape[::-1], interpolation=cv2.INTER_NEAREST)
         small_hole = cv2.dilate(small_hole, np.ones((3, 3), np.uint8))
         if _some_part_off(small_hole, boxes):
             # fewer neighbours needed here: a false face counts only where a hole overlaps it
             rough = cv2.inpaint(gray, small_hole * 255, 3, cv2.INPAINT_TELEA)
-            boxes += _detect(faces_cascade, cv2.equalizeHist(rough), 3, least, scale_step=1.1)
+            boxes += _detect(faces_cascade, cv2.equalizeHist(rough), 3, least)
     faces = []
     for box in _distinct(boxes):
         angle, eyes = _eye_angle(gray, box)  # the eye cascade does better without equalisation
@@ -116,9 +114,9 @@ def detect_faces(rgb: np.ndarray, hole: np.ndarray | None = None) -> list[Face]:
     return faces
 
 
-def _detect(cascade, view: np.ndarray, neighbours: int, least: int,
-            scale_step: float) -> list[tuple[int, int, int, int]]:
-    found = cascade.detectMultiScale(view, scaleFactor=scale_step, minNeighbors=neighbours, minSize=(least, least))
+def _detect(cascade, view: np.ndarray, neighbours: int, least: int) -> list[tuple[int, int, int, int]]:
+    # scale steps of 1.2 took 44 % less time but lost 0.15 dB on photos with sunglasses
+    found = cascade.detectMultiScale(view, scaleFactor=1.1, minNeighbors=neighbours, minSize=(least, least))
     return [tuple(int(v) for v in box) for box in found]
 
 
