@@ -145,10 +145,11 @@ def weights_payload(method, meta: dict, storage: str = "float16") -> dict:
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     state = method.export_state()
-    payload = {"format_version": 1, "method": method.name, "config": config_dict(method.config)}
+    # int8 files are format 2: an older facefill refuses them instead of loading the values unscaled
+    payload = {"format_version": 2 if storage == "int8" else 1, "method": method.name,
+               "config": config_dict(method.config)}
     if storage == "int8":
         payload["state_dict"], payload["scales"] = quantize_int8(state)
-        payload["format_version"] = 2  # an older facefill would load the int8 values unscaled
     else:
         payload["state_dict"] = half_precision(state)
     payload["meta"] = {"facefill_version": facefill.__version__, **meta, "storage": storage}

@@ -57,9 +57,11 @@ from facefill import __version__
 from facefill.config import BenchConfig, EvalConfig, InpaintConfig, split_list
 from facefill.data.augment import DeviceBatches, check_mask_kind
 from facefill.data.dataset import TrainingImages
+from facefill.data.folders import list_images
+from facefill.data.prepare import center_box
 from facefill.devices import resolve_device
 from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
-from facefill.imaging import to_uint8
+from facefill.imaging import read_rgb, resize_rgb, to_uint8
 from facefill.inference.options import FillOptions, sweep_options
 from facefill.registry import create_method, get_method_class, list_methods
 from facefill.report.tables import format_value, markdown_table, write_json, write_markdown
@@ -223,23 +225,14 @@ def write_pipeline_inputs(folder, count: int, size: int, seed: int = 0, source=N
 
 def source_photos(source, count: int, size: int) -> list[np.ndarray]:
     """The centre squares of the first ``count`` photos of ``source`` at ``size`` px (RGB uint8)."""
-    import cv2
-
-    from facefill.data.folders import list_images
-    from facefill.imaging import read_rgb
-
     paths = list_images(source)[:count]
     if not paths:
         raise ValueError(f"{source}: no images for the pipeline measurement")
     photos = []
     for path in paths:
         rgb = read_rgb(path)
-        height, width = rgb.shape[:2]
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        square = np.ascontiguousarray(rgb[top:top + side, left:left + side])
-        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
-        photos.append(cv2.resize(square, (size, size), interpolation=interpolation))
+        left, top, right, bottom = center_box(rgb.shape[1], rgb.shape[0])
+        photos.append(resize_rgb(np.ascontiguousarray(rgb[top:bottom, left:right]), (size, size)))
     return photos
 
 
