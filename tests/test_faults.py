@@ -231,6 +231,19 @@ def test_weights_naming_a_method_without_weights_is_one_line(photos, tmp_path):
     assert_one_line_error(result, "w.pt", "'telea' has no weights")
 
 
+def test_int8_weights_with_bad_scales_are_one_line(photos, tmp_path):
+    weights = tiny_weights(tmp_path / "w.pt", scales=[1, 2])
+    result = cli("inpaint", photos, tmp_path / "out", "--weights", weights, "--device", "cpu")
+    assert_one_line_error(result, "w.pt", "scales must be dicts")
+
+
+def test_bench_pipeline_from_a_folder_without_images_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = cli("bench", "--methods", "telea", "--size", "32", "--batch-sizes", "1", "--repeat", "1",
+                 "--pipeline-images", "2", "--pipeline-from", tmp_path / "empty", "--out", tmp_path / "b.json")
+    assert_one_line_error(result, "empty", "no images for the pipeline measurement")
+
+
 def test_export_of_a_file_holding_a_list_is_one_line(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     result = cli("export", tmp_path / "list.pt", tmp_path / "w.pt")
