@@ -307,14 +307,24 @@ def inpaint(**options):
 @sampler_option
 @amp_option
 @click.option("--seed", default=0, show_default=True)
+@click.option("--framing", type=click.Choice(("aligned", "shifted")), default="aligned", show_default=True,
+              help="shifted: each test face and its hole rescaled (0.8-1.25x) and moved (up to 20 % of the "
+                   "side) as training's --augment does, fixed per image by --seed: faces framed unlike the "
+                   "training crops.")
 def evaluate(data, masks, methods, weights, report, limit, device, batch_size, sample_grid, steps, sampler,
-             amp, seed):
-    """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2."""
+             amp, seed, framing):
+    """Score methods on DATA's test split with its stored masks: PSNR, SSIM, L1, L2.
+
+    \b
+    Example:
+      facefill eval --data data128 --masks irregular --methods telea,dense-gan --framing shifted
+    """
     from facefill.engine.evaluate import run_eval
 
     config = cfg.EvalConfig(data=data, masks=masks, methods=cfg.split_list(methods), weights=tuple(weights),
                             report=report, limit=limit, device=device, batch_size=batch_size,
-                            sample_grid=sample_grid, steps=steps, sampler=sampler, amp=amp, seed=seed)
+                            sample_grid=sample_grid, steps=steps, sampler=sampler, amp=amp, seed=seed,
+                            framing=framing)
     _run(run_eval, config)
 
 
@@ -352,16 +362,25 @@ def evaluate(data, masks, methods, weights, report, limit, device, batch_size, s
                    "--batch-sizes, at --size; --repeat timed steps.")
 @click.option("--train-masks", default="center", show_default=True, help="--train: mask kind.")
 @click.option("--compile", is_flag=True, help="--train: torch.compile the networks.")
+@click.option("--data-on", type=click.Choice(("device", "workers")), default="device", show_default=True,
+              help="--train: batches, masks and augmentation made on the device, or by DataLoader workers "
+                   "on the CPU (the loop before GPU-side data; as `facefill train --data-on`).")
+@click.option("--workers", default=8, show_default=True, help="--train --data-on workers: loader processes.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="--train: channels-last memory format.  [default: on CUDA]")
 @amp_option
 @click.option("--seed", default=0, show_default=True)
 def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_images, pipeline_from, sweep,
-          data, masks, limit, batch_size, out, train_mode, train_masks, compile, amp, seed):
+          data, masks, limit, batch_size, out, train_mode, train_masks, compile, data_on, workers, channels_last,
+          amp, seed):
     """Throughput, latency (median, p90) and peak memory per method, alone and in the pipeline;
     or, with --sweep, speed against quality over sampling settings.
 
     \b
-    Example:
+    Examples:
       facefill bench --weights ddpm-ffc-128.pt --sweep 25,50,100,ddpm --data data128 --device cuda
+      facefill bench --train --batch-sizes 256 --amp --device cuda      # every method, GPU-side data
+      facefill bench --train --batch-sizes 256 --data-on workers --no-channels-last   # the loop before
     """
     from facefill.engine.bench import parse_sweep, run_bench
 
@@ -379,7 +398,7 @@ def bench(methods, weights, size, batch_sizes, device, repeat, warmup, pipeline_
                                pipeline_from=pipeline_from,
                                out=out, seed=seed, sweep=settings, data=data, masks=masks, limit=limit,
                                batch_size=batch_size, amp=amp, train=train_mode, train_masks=train_masks,
-                               compile=compile)
+                               compile=compile, data_on=data_on, workers=workers, channels_last=channels_last)
 
     _run(run_bench, _run(build))
 

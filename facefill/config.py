@@ -69,6 +69,7 @@ class EvalConfig:
     sampler: str | None = None         # ddim | ddpm (ancestral) for diffusion methods
     amp: bool = False                  # bf16 autocast while filling
     seed: int = 0
+    framing: str = "aligned"           # or "shifted": each test face and hole rescaled and moved
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class BenchConfig:
     train: bool = False                # training throughput of trainable methods instead
     train_masks: str = "center"        # --train: mask kind drawn on the device
     compile: bool = False              # --train: torch.compile the networks
+    data_on: str = "device"            # --train: batches made on the device, or by DataLoader "workers"
+    workers: int = 8                   # --train with data_on "workers"
+    channels_last: bool | None = None  # --train: None = on CUDA
 
 
 @dataclass(frozen=True)

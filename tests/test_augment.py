@@ -235,3 +235,21 @@ def test_full_on_the_loader_path_draws_every_kind():
     areas = np.array([faces[(0, [1, 0, i])]["mask"].mean().item() for i in range(120)])
     assert np.any(areas == 0.25) and np.any(areas >= 0.4)         # centre and large among them
     assert len(set(areas.round(4))) > 30
+
+
+def test_reframe_pair_moves_the_hole_with_the_face_and_is_fixed_by_its_seed():
+    from facefill.data.augment import reframe_pair
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[20:36, 24:40] = 255                          # a white patch, exactly under the hole
+    mask = np.zeros((64, 64), bool)
+    mask[20:36, 24:40] = True
+    moves = [reframe_pair(image, mask, seed) for seed in range(6)]
+    for moved, hole in moves:
+        assert moved.dtype == np.uint8 and hole.dtype == bool and hole.shape == mask.shape
+        assert 0.8 ** 2 * mask.sum() * 0.8 < hole.sum() < 1.25 ** 2 * mask.sum() * 1.2
+        assert moved[hole].mean() > 200                # the hole still covers the patch
+        assert moved[~hole].mean() < 40
+    assert len({hole.tobytes() for _, hole in moves}) == 6
+    again, hole_again = reframe_pair(image, mask, 3)
+    assert np.array_equal(again, moves[3][0]) and np.array_equal(hole_again, moves[3][1])

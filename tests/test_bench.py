@@ -267,3 +267,16 @@ def test_bench_train_measures_training_throughput_and_the_matmul_peak(tmp_path):
     assert json.loads(out.read_text())["train"][0]["images_per_s"] == row["images_per_s"]
     with pytest.raises(ValueError, match="telea"):
         run_bench(BenchConfig(train=True, methods=("telea",), device="cpu", out=str(out)))
+
+
+def test_bench_train_times_the_loader_loop_for_the_before_figure(tmp_path):
+    out = tmp_path / "train-workers.json"
+    result = run_bench(BenchConfig(train=True, methods=("dense-gan",), size=32, batch_sizes=(2,), repeat=2,
+                                   warmup=1, device="cpu", out=str(out), data_on="workers", workers=0,
+                                   channels_last=False))
+    row, = result["train"]
+    assert row["data_on"] == "workers" and row["workers"] == 0 and row["channels_last"] is False
+    assert row["images_per_s"] > 0 and 0 < row["data_ms_median"]
+    with pytest.raises(ValueError, match="--workers"):
+        run_bench(BenchConfig(train=True, methods=("dense-gan",), device="cpu", out=str(out), data_on="workers",
+                              workers=-1))

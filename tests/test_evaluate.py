@@ -393,3 +393,15 @@ def test_card_metrics_record_sharpness_and_write_nan_as_null(tiny_dataset, tmp_p
     assert 0 <= metrics["center"]["sharpness"] < 5 and metrics["center"]["psnr"] > 0
     assert metrics["thin"]["sharpness"] is None and metrics["thin"]["psnr"] > 0
     json.dumps(metrics, allow_nan=False)
+
+
+def test_shifted_framing_scores_moved_faces_fixed_per_image(tiny_dataset, tmp_path):
+    aligned = run_eval(_config(tiny_dataset, tmp_path / "aligned"))
+    shifted = run_eval(_config(tiny_dataset, tmp_path / "shifted", framing="shifted"))
+    again = run_eval(_config(tiny_dataset, tmp_path / "again", framing="shifted"))
+    assert aligned["framing"] == "aligned" and shifted["framing"] == "shifted"
+    assert shifted["methods"]["telea"]["means"] != aligned["methods"]["telea"]["means"]
+    assert again["methods"]["telea"]["means"] == shifted["methods"]["telea"]["means"]
+    assert "framing: shifted" in (tmp_path / "shifted" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="framing"):
+        run_eval(_config(tiny_dataset, tmp_path / "bad", framing="tilted"))

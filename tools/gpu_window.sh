@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# One GPU window (30 minutes of device time, commands of at most 10 minutes) spent on the default
-# model: bench --train of every method, then stage-1 training of ffc-unet-gan at 128 px that a
-# later window resumes from its checkpoint parts. docs/gpu-window.md gives the calls in order.
+# One GPU window (15 minutes of device time, the machine's start included; commands of at most
+# 10 minutes) in two calls: bench --train of every method, then stage-1 training of ffc-unet-gan at
+# 128 px, its weights and checkpoint brought back. docs/gpu-window.md gives the calls in order.
 #
 #   tools/gpu_window.sh pack [SHARED]   here: pack the training sets into packs/ (once)
-#   tools/gpu_window.sh bench           there: bench --train of every trainable method -> $OUT
+#   tools/gpu_window.sh bench           there: CUDA no-sync tests, bench --train (after, before, compiled) -> $OUT
+#   tools/gpu_window.sh train MINUTES   there: train MINUTES, then export and copy the results to $OUT
 #   tools/gpu_window.sh start MINUTES   there: start (or resume) the run in the background
 #   tools/gpu_window.sh watch SECONDS   there: print the run's progress until it ends or SECONDS pass
 #   tools/gpu_window.sh collect         there: wait for the run to stop, export, copy results to $OUT
 #
-# Environment: RUN (run folder, default runs/ffc-unet-gan-128), DEVICE (default cuda), BATCH
-# (default 128), STEPS (default 1000000: --time-limit ends the run), FF (the facefill command).
+# Environment: RUN (run folder, default runs/ffc-unet-gan-128), DEVICE (default cuda), SIZE (default 128), BATCH
+# (default 128), STEPS (default 1000000: --time-limit ends the run), INIT (a weights file to start
+# from when the run folder holds no checkpoint), FF (the facefill command), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/ffc-unet-gan-128}
 DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-128}
+SIZE=${SIZE:-128}
 STEPS=${STEPS:-1000000}
 OUT=${OUT:-out/gpu-window}
 if [ -z "${FF:-}" ]; then
@@ -34,22 +37,29 @@ pack() {  # on this machine: the packed training sets the device machine receive
   du -sh packs/* packs/*/*
 }
 
-bench() {
+METHODS=dense-gan,ffc-unet-gan,two-stage-gan,glcic,ddpm-ffc,wgan,autoencoder,context-encoder
+
+bench() {  # about 4 minutes; each part has a time cap and keeps what it measured (rows are saved one by one)
   mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name,memory.total --format=csv || true
-  $FF bench --train --size 128 --batch-sizes 64,256 --repeat 20 --warmup 5 --amp --device "$DEVICE" \
-      --out "$OUT/bench-cuda-train.json"
-  $FF bench --train --methods dense-gan,ffc-unet-gan --size 128 --batch-sizes 256 --repeat 20 --warmup 5 \
-      --amp --compile --device "$DEVICE" --out "$OUT/bench-cuda-train-compile.json" || true
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt" || true
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_no_sync.py -k cuda 2>&1 \
+      | tail -n 15 | tee "$OUT/no-sync-cuda.txt" || true
+  local common=(--train --size 128 --repeat 10 --warmup 3 --device "$DEVICE" --methods "$METHODS")
+  timeout 100 $FF bench "${common[@]}" --batch-sizes 256 --amp --out "$OUT/bench-cuda-train.json" || true
+  timeout 60 $FF bench "${common[@]}" --batch-sizes 256 --data-on workers --workers 12 --no-channels-last \
+      --out "$OUT/bench-cuda-train-before.json" || true
+  timeout 60 $FF bench --train --size 128 --repeat 10 --warmup 3 --device "$DEVICE" --methods dense-gan \
+      --batch-sizes 256,512 --amp --compile --out "$OUT/bench-cuda-train-compile.json" || true
 }
 
 start() {
   local minutes=${1:?minutes of training}
   mkdir -p "$RUN"
   local resume=()
-  ls "$RUN"/ckpt-*.pt >/dev/null 2>&1 && resume=(--resume)
+  if ls "$RUN"/ckpt-*.pt >/dev/null 2>&1; then resume=(--resume)
+  elif [ -n "${INIT:-}" ]; then resume=(--init-from "$INIT"); fi
   # --time-limit stops the run cleanly with a checkpoint before the window closes
-  setsid nohup $FF train --method ffc-unet-gan --data packs/data128:2 --data packs/crops128 --size 128 \
+  setsid nohup $FF train --method ffc-unet-gan --data packs/data128:2 --data packs/crops128 --size "$SIZE" \
       --masks full --augment --data-on device --batch-size "$BATCH" --amp --ema 0.999 --steps "$STEPS" \
       --time-limit "$minutes" --val-every 1000 --ckpt-every 1000 --part-mib 15 --set keep_last=1 \
       --device "$DEVICE" --seed 0 --out "$RUN" "${resume[@]}" >>"$RUN/stdout.log" 2>&1 < /dev/null &
@@ -69,10 +79,10 @@ watch() {
 }
 
 collect() {
-  watch 540
+  watch 150   # the time limit ends the run; its last validation and checkpoint follow
   running && die "the run is still going: collect again after it stops"
   mkdir -p "$OUT"
-  $FF export "$RUN/best.pt" "$OUT/ffc-unet-gan-128.pt" --note "stage 1 of docs/training-default-model.md"
+  $FF export "$RUN/best.pt" "$OUT/ffc-unet-gan-$SIZE.pt" --note "stage 1 of docs/training-default-model.md"
   local newest
   newest=$(ls "$RUN"/ckpt-*.pt | sort | tail -n 1)
   cp "$newest" "$newest".part-* "$OUT"/ 2>/dev/null || cp "$newest" "$OUT"/
@@ -80,11 +90,19 @@ collect() {
   ls -la "$OUT"
 }
 
+train() {  # the whole training call: MINUTES of training, then its results in $OUT
+  local minutes=${1:?minutes of training}
+  start "$minutes"
+  watch $(( ${minutes%.*} * 60 ))
+  collect
+}
+
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   bench) bench ;;
+  train) shift; train "$@" ;;
   start) shift; start "$@" ;;
   watch) shift; watch "$@" ;;
   collect) collect ;;
-  *) sed -n 2,15p "$0"; exit 2 ;;
+  *) sed -n 2,18p "$0"; exit 2 ;;
 esac

@@ -68,6 +68,18 @@ def _reframe(images, labels, flip, generator):
     return images, labels
 
 
+def reframe_pair(image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One face (HxWx3 uint8) and its hole (HxW, true or 1 = hole; returned as bool) moved together by the training
+    augmentation's scale and shift, drawn from ``seed``, without flip: a fixed test case of a face
+    framed as users' photos frame it."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255.0)
+    moved, labels = _reframe(images, torch.from_numpy((mask > 0.5).astype(np.uint8))[None],
+                             torch.zeros(1, dtype=torch.bool), generator)
+    moved = moved[0].permute(1, 2, 0).mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return moved, labels[0].numpy() > 0
+
+
 def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch, device = len(images), images.device
     factors = 1 + (torch.rand(batch, 3, 1, 1, 1, generator=generator, device=device) * 2 - 1) * JITTER

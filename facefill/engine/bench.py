@@ -55,8 +55,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from facefill import __version__
 from facefill.config import BenchConfig, EvalConfig, InpaintConfig, split_list
-from facefill.data.augment import DeviceBatches, check_mask_kind
-from facefill.data.dataset import TrainingImages
+from facefill.data.augment import DeviceBatches, augment, check_mask_kind
+from facefill.data.dataset import EpochSampler, FaceDataset, TrainingImages
 from facefill.data.folders import list_images
 from facefill.data.prepare import center_box
 from facefill.devices import resolve_device
@@ -307,6 +307,8 @@ def _validate(config: BenchConfig) -> None:
     if config.train:
         check_mask_kind(config.train_masks)
         trainable_names(config.methods)
+        if config.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {config.workers}")
     elif not config.methods and not config.weights:
         raise ValueError("no methods to benchmark: give --methods and/or --weights")
     if config.sweep:
@@ -534,29 +536,64 @@ def trainable_names(names) -> tuple[str, ...]:
     return tuple(names)
 
 
+class LoaderBatches:
+    """``facefill train --data-on workers``: a DataLoader whose CPU workers flip each image and
+    draw its numpy mask, the batch copied to the device and augmented there, endlessly."""
+
+    def __init__(self, images: np.ndarray, config: BenchConfig, device: torch.device, batch_size: int,
+                 channels_last: bool):
+        dataset = FaceDataset(images, config.size, config.train_masks, seed=config.seed)
+        self.sampler = EpochSampler(np.ones(len(images)), config.seed, batch=batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True, num_workers=config.workers,
+            pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+        self.device, self.channels_last = device, channels_last
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.iterator = iter(self.loader)
+
+    def batch(self, number: int) -> dict:
+        try:
+            batch = next(self.iterator)
+        except StopIteration:
+            self.sampler.epoch += 1
+            self.iterator = iter(self.loader)
+            batch = next(self.iterator)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch["image"], _ = augment(batch["image"], self.generator)
+        if self.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+        return batch
+
+
 def time_training(name: str, config: BenchConfig, device: torch.device, batch_size: int) -> dict:
     """Training steps of ``name`` (default settings at ``config.size``) as ``facefill train`` runs
-    them: a synthetic set held on the device, batches, augmentation and masks made there, bf16
-    autocast with ``amp``, channels_last on CUDA, ``compile`` if asked."""
+    them: a synthetic set, batches, augmentation and masks made on the device (``data_on``
+    "device") or by DataLoader workers (``workers``), bf16 autocast with ``amp``,
+    ``channels_last``, ``compile`` if asked. Step times include making the batch."""
     torch.manual_seed(config.seed)
     method = create_method(name, size=config.size).to(device)
-    channels_last = device.type == "cuda"
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
     if channels_last:
         method.to(memory_format=torch.channels_last)
     method.configure_optimizers()
     if config.compile:
         for module in method.children():
             module.compile()
-    count = 4 * batch_size
+    on_device = config.data_on == "device"
+    count = (4 if on_device else 16) * batch_size   # the loader restarts its workers' queue each epoch
     images = synthetic_images(count, config.size, config.seed).mul(255).round().byte().permute(0, 2, 3, 1).numpy()
-    data = TrainingImages(images, np.ones(count), None, np.full(count, -1), images[:0], [])
-    batches = DeviceBatches(data, device, config.train_masks, batch_size, config.seed, frame=True, colour=True,
-                            channels_last=channels_last)
+    if on_device:
+        data = TrainingImages(images, np.ones(count), None, np.full(count, -1), images[:0], [])
+        batches = DeviceBatches(data, device, config.train_masks, batch_size, config.seed, frame=True,
+                                colour=True, channels_last=channels_last)
+    else:
+        batches = LoaderBatches(images, config, device, batch_size, channels_last)
     method.train()
 
     def step(number):
+        batch = batches.batch(number)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-            method.training_step(batches.batch(number), number)
+            method.training_step(batch, number)
 
     for number in range(max(1, config.warmup)):
         step(number)
@@ -578,6 +615,7 @@ def time_training(name: str, config: BenchConfig, device: torch.device, batch_si
     step_s, data_s = float(np.median(times)), float(np.median(data_times))
     return {"method": name, "size": config.size, "batch_size": batch_size, "device": str(device),
             "amp": config.amp, "channels_last": channels_last, "compile": config.compile,
+            "data_on": config.data_on, "workers": None if on_device else config.workers,
             "masks": config.train_masks, "steps": config.repeat,
             "images_per_s": batch_size * len(times) / sum(times), "step_ms_median": 1000 * step_s,
             "step_ms_min": 1000 * min(times), "data_ms_median": 1000 * data_s, "data_share": data_s / step_s,
@@ -586,19 +624,29 @@ def time_training(name: str, config: BenchConfig, device: torch.device, batch_si
             "parameters": sum(p.numel() for p in method.parameters()), **peak.fields()}
 
 
-def run_train_bench(config: BenchConfig, device: torch.device, console) -> list[dict]:
+def run_train_bench(config: BenchConfig, device: torch.device, console, save=None) -> list[dict]:
+    """One row per (trainable method, batch size); a row that runs out of device memory says so and
+    the others go on. ``save(rows)`` after each row keeps what was measured if the run is cut short."""
     rows = []
     peaks = {"bf16": matmul_peak_tflops(device), "fp32": matmul_peak_tflops(device, torch.float32)}
     for name in trainable_names(config.methods):
         for batch_size in config.batch_sizes:
             with console.status(f"{name}: training at batch {batch_size}, {config.size} px"):
-                row = time_training(name, config, device, batch_size)
+                try:
+                    row = time_training(name, config, device, batch_size)
+                except torch.OutOfMemoryError:
+                    row = {"method": name, "size": config.size, "batch_size": batch_size, "data_on": config.data_on,
+                           "workers": config.workers, "error": "out of device memory", "images_per_s": None,
+                           "achieved_tflops": None}
+                    log.warning("%s at batch %d: out of device memory", name, batch_size)
             achieved = row["achieved_tflops"]
             row["peak_bf16_tflops"], row["peak_fp32_tflops"] = peaks["bf16"], peaks["fp32"]
             row["fraction_of_bf16_peak"] = achieved / peaks["bf16"] if achieved else None
             row["peak_dtype"] = "bf16" if config.amp else "fp32"  # the dtype the step's matmuls ran in
             row["fraction_of_peak"] = achieved / peaks[row["peak_dtype"]] if achieved else None
             rows.append(row)
+            if save:
+                save(rows)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -611,13 +659,17 @@ def _print_train_table(console, result: dict) -> None:
     table = Table(title=f"facefill bench --train - {result['device_name']}; matmul peak bf16 "
                         f"{first['peak_bf16_tflops']:.3f}, fp32 {first['peak_fp32_tflops']:.3f} TFLOP/s; "
                         f"% of the {first['peak_dtype']} peak")
-    columns = [("method", None), ("size", None), ("batch", None), ("img/s", 1), ("step ms", 1),
+    columns = [("method", None), ("size", None), ("batch", None), ("data", None), ("img/s", 1), ("step ms", 1),
                ("data ms", 1), ("GFLOP/step", 1), ("% of peak", 2), ("CUDA peak MiB", 0)]
     for index, (title, _) in enumerate(columns):
         table.add_column(title, justify="left" if index == 0 else "right", no_wrap=index == 0)
     for row in result["train"]:
+        if row.get("error"):
+            table.add_row(row["method"], str(row["size"]), str(row["batch_size"]), row["error"])
+            continue
         share = None if row["fraction_of_peak"] is None else 100 * row["fraction_of_peak"]
-        values = [row["method"], row["size"], row["batch_size"], row["images_per_s"], row["step_ms_median"],
+        data = "dev" if row["data_on"] == "device" else f"{row['workers']} wk"
+        values = [row["method"], row["size"], row["batch_size"], data, row["images_per_s"], row["step_ms_median"],
                   row["data_ms_median"], row["gflop_per_step"], share, row["cuda_peak_mb"]]
         table.add_row(*[str(v) if d is None or v is None else format_value(v, d) for v, (_, d) in zip(values, columns)])
     console.print(table)
@@ -681,6 +733,37 @@ def measure_methods(config: BenchConfig, device: torch.device,
     return rows, pipeline, skipped
 
 
+def bench_result(config: BenchConfig, device: torch.device, rows, pipeline, skipped, trade_off, train_rows,
+               partial: bool = False) -> dict:
+    """What ``bench`` writes: the machine, the settings, every table and the definitions;
+    ``partial`` while --train rows are still being measured."""
+    return {"partial": partial, "device": str(device), "device_name": device_description(device),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "facefill_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "config": dataclasses.asdict(config), "rows": rows, "pipeline": pipeline,
+            "pipeline_skipped": skipped, "trade_off": trade_off, "train": train_rows,
+            "definitions": {
+                "images_per_s": "batch size x timed runs / total timed seconds (method alone, inputs on device)",
+                "latency_ms": "wall time of one inpaint call on one batch (median, 90th percentile)",
+                "cpu_peak_rss_delta_mb": "peak RSS during the timed runs minus RSS before them",
+                "cuda_peak_mb": "torch.cuda.max_memory_allocated during the timed runs",
+                "overhead_s_per_image": "pipeline s/image - method-alone s/image at the pipeline's batch size",
+                "overhead_pct": "overhead_s_per_image / pipeline s/image x 100",
+                "trade_off": "per (method, setting): the first `limit` test images of `data` filled with "
+                             "their stored `masks` masks; seconds = filling alone after warm-up; "
+                             "psnr/ssim = eval's means",
+                "train": "per (method, batch): `repeat` timed training steps after `warmup`, each making its "
+                         "batch (data_on device: gather, augmentation and masks on the device; workers: "
+                         "DataLoader workers flip and mask each image on the CPU, augmentation on the "
+                         "device) and running training_step; "
+                         "images_per_s = batch x steps / their seconds; data_ms = batch making alone; "
+                         "gflop_per_step = torch FlopCounterMode over one step (matmuls and convolutions, "
+                         "forward and backward); fraction_of_peak = achieved / the matmul rate "
+                         "measured in the same command in the step's dtype (peak_dtype: bf16 with --amp, else "
+                         "fp32); fraction_of_bf16_peak = achieved / the bf16 rate"}}
+
+
 def run_bench(config: BenchConfig) -> dict:
     """Benchmark every method at every batch size, then the whole pipeline; or, with
     ``config.sweep``, only the speed/quality sweep (``trade_off``, also written as Markdown beside
@@ -693,36 +776,18 @@ def run_bench(config: BenchConfig) -> dict:
     train_rows = []
     if config.train:
         rows, pipeline, skipped, trade_off = [], [], "--train: training throughput only", []
-        train_rows = run_train_bench(config, device, console)
+
+        def save(done):
+            write_json(config.out, bench_result(config, device, rows, pipeline, skipped, trade_off, done,
+                                                partial=True))
+        train_rows = run_train_bench(config, device, console, save)
     elif config.sweep:
         rows, pipeline, skipped = [], [], "--sweep: the trade-off sweep replaces the synthetic measurements"
         trade_off = run_trade_off(config, device, console)
     else:
         rows, pipeline, skipped = measure_methods(config, device, console)
         trade_off = []
-
-    result = {"device": str(device), "device_name": device_description(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-              "facefill_version": __version__, "date": _dt.datetime.now().isoformat(timespec="seconds"),
-              "config": dataclasses.asdict(config), "rows": rows, "pipeline": pipeline,
-              "pipeline_skipped": skipped, "trade_off": trade_off, "train": train_rows,
-              "definitions": {
-                  "images_per_s": "batch size x timed runs / total timed seconds (method alone, inputs on device)",
-                  "latency_ms": "wall time of one inpaint call on one batch (median, 90th percentile)",
-                  "cpu_peak_rss_delta_mb": "peak RSS during the timed runs minus RSS before them",
-                  "cuda_peak_mb": "torch.cuda.max_memory_allocated during the timed runs",
-                  "overhead_s_per_image": "pipeline s/image - method-alone s/image at the pipeline's batch size",
-                  "overhead_pct": "overhead_s_per_image / pipeline s/image x 100",
-                  "trade_off": "per (method, setting): the first `limit` test images of `data` filled with "
-                               "their stored `masks` masks; seconds = filling alone after warm-up; "
-                               "psnr/ssim = eval's means",
-                  "train": "per (method, batch): `repeat` timed training steps after `warmup`, each making its "
-                           "batch on the device (gather, augmentation, masks) and running training_step; "
-                           "images_per_s = batch x steps / their seconds; data_ms = batch making alone; "
-                           "gflop_per_step = torch FlopCounterMode over one step (matmuls and convolutions, "
-                           "forward and backward); fraction_of_peak = achieved / the matmul rate "
-                           "measured in the same command in the step's dtype (peak_dtype: bf16 with --amp, else "
-                           "fp32); fraction_of_bf16_peak = achieved / the bf16 rate"}}
+    result = bench_result(config, device, rows, pipeline, skipped, trade_off, train_rows)
     if trade_off:
         result["trade_off_markdown"] = str(markdown_path(config.out))
     write_json(config.out, result)

@@ -26,6 +26,7 @@ import datetime as _dt
 import logging
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from facefill.config import EvalConfig
+from facefill.data.augment import reframe_pair
 from facefill.data.dataset import read_manifest
 from facefill.inference.fitting import PasteSettings, fill_batch
 from facefill.inference.options import FillOptions, warn_unused
@@ -176,15 +178,24 @@ def fill_tensor_batch(inpainter, images: torch.Tensor, masks: torch.Tensor,
 
 # ------------------------------------------------------------------------------------------- inputs
 
+FRAMINGS = ("aligned", "shifted")
+
+
 @dataclass
 class EvalItem:
     stem: str
     image: Path
     mask: Path
+    reframe_seed: int | None = None    # shifted framing: the seed of this face's scale and shift
 
 
-def eval_items(data, masks: str, limit: int | None = None) -> list[EvalItem]:
-    """The first ``limit`` test images (sorted by stem) that have a stored mask of kind ``masks``."""
+def eval_items(data, masks: str, limit: int | None = None, framing: str = "aligned",
+               seed: int = 0) -> list[EvalItem]:
+    """The first ``limit`` test images (sorted by stem) that have a stored mask of kind ``masks``;
+    with ``framing`` "shifted", each face and its hole are moved by a scale and shift fixed by
+    ``seed`` and the stem (``reframe_pair``)."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
     data = Path(data)
     test_dir, mask_dir = data / "test", data / "masks" / masks
     if not test_dir.is_dir():
@@ -202,7 +213,8 @@ def eval_items(data, masks: str, limit: int | None = None) -> list[EvalItem]:
     for image in images:
         mask = mask_dir / f"{image.stem}.png"
         if mask.is_file():
-            items.append(EvalItem(image.stem, image, mask))
+            reframe_seed = zlib.crc32(f"{seed}/{image.stem}".encode()) if framing == "shifted" else None
+            items.append(EvalItem(image.stem, image, mask, reframe_seed))
             if limit is not None and len(items) >= limit:
                 break
         else:
@@ -224,14 +236,16 @@ def _load_pair(item: EvalItem, shape: tuple[int, int] | None) -> tuple[np.ndarra
     if shape is not None and image.shape[:2] != shape:
         raise ValueError(f"{item.image}: {image.shape[1]}x{image.shape[0]}, but the test split's images "
                          f"are {shape[1]}x{shape[0]} (re-run facefill prepare)")
+    if item.reframe_seed is not None:
+        image, mask = reframe_pair(image, mask, item.reframe_seed)
     return image, mask
 
 
-def load_test_split(data, masks: str,
-                    limit: int | None = None) -> tuple[list[EvalItem], tuple[int, int], int]:
+def load_test_split(data, masks: str, limit: int | None = None, framing: str = "aligned",
+                    seed: int = 0) -> tuple[list[EvalItem], tuple[int, int], int]:
     """What eval scores: the items (``eval_items``), the test images' (height, width), and the
     data's size (the manifest's, else the larger side) for choosing shipped weights."""
-    items = eval_items(data, masks, limit)
+    items = eval_items(data, masks, limit, framing, seed)
     manifest = read_manifest(data, required=False)
     first_image, _ = _load_pair(items[0], None)
     shape = first_image.shape[:2]
@@ -374,6 +388,7 @@ def _summary_markdown(result: dict) -> str:
     lines = ["# facefill evaluation", "",
              f"Data: `{result['data']}` ({result['count']} test images, {result['size']} px); "
              f"masks: `{result['masks']}` (mean hole area {100 * result['mean_area']:.1f} %); "
+             f"framing: {result.get('framing', 'aligned')}; "
              f"device: {result['device']}.", "",
              markdown_table(SUMMARY_HEADERS, _summary_rows(result["methods"]), SUMMARY_DIGITS,
                             align=["l"] + ["r"] * (len(SUMMARY_HEADERS) - 1)),
@@ -441,7 +456,7 @@ def run_eval(config: EvalConfig) -> dict:
         raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}")
     device = resolve_device(config.device)
     data = Path(config.data)
-    items, shape, size = load_test_split(data, config.masks, config.limit)
+    items, shape, size = load_test_split(data, config.masks, config.limit, config.framing, config.seed)
     options = FillOptions(steps=config.steps, sampler=config.sampler, seed=config.seed, amp=config.amp)
     entries = resolve_methods(config, device, size)
     for entry in entries:
@@ -475,7 +490,8 @@ def run_eval(config: EvalConfig) -> dict:
                 torch.cuda.empty_cache()
 
     areas = [row["area"] for row in per_image if row["method"] == entries[0].name]
-    result = {"data": str(data), "masks": config.masks, "size": size, "count": len(items),
+    result = {"data": str(data), "masks": config.masks, "framing": config.framing, "size": size,
+              "count": len(items),
               "mean_area": float(np.mean(areas)), "device": str(device),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "facefill_version": __version__,
               "methods": methods, "config": dataclasses.asdict(config)}
