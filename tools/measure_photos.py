@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--after", default=str(Path(sys.executable).parent / "facefill"), help="this facefill CLI")
     parser.add_argument("--before", help="another facefill CLI to compare (e.g. main's .venv/bin/facefill)")
+    parser.add_argument("--weights", action="append", default=[],
+                        help="also fill with this weights file (this CLI; repeatable): a candidate default")
     parser.add_argument("--work", default="/tmp/facefill-photos")
     parser.add_argument("--pictures", help="also write README pictures (input | mask | fill) here")
     parser.add_argument("--out", help="JSON results (default: WORK/results.json)")
@@ -112,8 +114,10 @@ def main() -> None:
         pipelines = {"after (this branch)": (args.after, ()), "telea": (args.after, ("--method", "telea"))}
         if args.before:
             pipelines["before (main)"] = (args.before, ())
+        for weights in args.weights:
+            pipelines[f"weights {Path(weights).stem}"] = (args.after, ("--weights", weights))
         for label, (cli, extra) in pipelines.items():
-            out = work / f"out-{side}-{label.split()[0]}"
+            out = work / f"out-{side}-{label.replace(' ', '-').replace('(', '').replace(')', '')}"
             cwd = Path(cli).resolve().parents[2] if label.startswith("before") else None
             run(cli, src, out, *extra, cwd=cwd)
             face_psnr, hole_psnr = [], []
