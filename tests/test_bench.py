@@ -280,3 +280,29 @@ def test_bench_train_times_the_loader_loop_for_the_before_figure(tmp_path):
     with pytest.raises(ValueError, match="--workers"):
         run_bench(BenchConfig(train=True, methods=("dense-gan",), device="cpu", out=str(out), data_on="workers",
                               workers=-1))
+
+
+def test_bench_train_keeps_going_past_a_method_out_of_memory_and_saves_each_row(tmp_path, monkeypatch):
+    from facefill.engine import bench as bench_module
+
+    real, write_json, saved = bench_module.time_training, bench_module.write_json, []
+
+    def short_of_memory(name, config, device, batch_size):
+        if name == "glcic":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(name, config, device, batch_size)
+
+    def watching(path, result):
+        saved.append((result["partial"], len(result["train"])))
+        write_json(path, result)
+
+    monkeypatch.setattr(bench_module, "time_training", short_of_memory)
+    monkeypatch.setattr(bench_module, "write_json", watching)
+    out = tmp_path / "train.json"
+    result = run_bench(BenchConfig(train=True, methods=("glcic", "dense-gan"), size=32, batch_sizes=(2,), repeat=1,
+                                   warmup=1, device="cpu", out=str(out)))
+    failed, measured = result["train"]
+    assert failed["error"] == "out of device memory" and failed["images_per_s"] is None
+    assert measured["method"] == "dense-gan" and measured["images_per_s"] > 0
+    assert saved == [(True, 1), (True, 2), (False, 2)]
+    assert json.loads(out.read_text())["partial"] is False

@@ -69,9 +69,9 @@ def _reframe(images, labels, flip, generator):
 
 
 def reframe_pair(image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One face (HxWx3 uint8) and its hole (HxW, true or 1 = hole; returned as bool) moved together by the training
-    augmentation's scale and shift, drawn from ``seed``, without flip: a fixed test case of a face
-    framed as users' photos frame it."""
+    """One face (HxWx3 uint8) and its hole (HxW, true or 1 = hole; returned as bool) moved
+    together by the training augmentation's scale and shift, drawn from ``seed``, without flip: a
+    fixed test case of a face framed as users' photos frame it."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255.0)
     moved, labels = _reframe(images, torch.from_numpy((mask > 0.5).astype(np.uint8))[None],
