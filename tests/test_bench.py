@@ -280,6 +280,8 @@ def test_bench_train_times_the_loader_loop_for_the_before_figure(tmp_path):
     with pytest.raises(ValueError, match="--workers"):
         run_bench(BenchConfig(train=True, methods=("dense-gan",), device="cpu", out=str(out), data_on="workers",
                               workers=-1))
+    with pytest.raises(ValueError, match="--data-on"):
+        run_bench(BenchConfig(train=True, methods=("dense-gan",), device="cpu", out=str(out), data_on="gpu"))
 
 
 def test_bench_train_keeps_going_past_a_method_out_of_memory_and_saves_each_row(tmp_path, monkeypatch):

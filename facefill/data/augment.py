@@ -68,6 +68,18 @@ def _reframe(images, labels, flip, generator):
     return images, labels
 
 
+def finish_loader_batch(batch: dict, device: torch.device, generator: torch.Generator, augment_images: bool,
+                        channels_last: bool) -> dict:
+    """A DataLoader batch (CPU workers drew its flips and masks) on ``device``: with
+    ``augment_images`` the frame and colour augmentation made there, then channels-last if asked."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if augment_images:
+        batch["image"], _ = augment(batch["image"], generator)
+    if channels_last:
+        batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+    return batch
+
+
 def reframe_pair(image: np.ndarray, mask: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One face (HxWx3 uint8) and its hole (HxW, true or 1 = hole; returned as bool) moved
     together by the training augmentation's scale and shift, drawn from ``seed``, without flip: a

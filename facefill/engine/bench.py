@@ -55,12 +55,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from facefill import __version__
 from facefill.config import BenchConfig, EvalConfig, InpaintConfig, split_list
-from facefill.data.augment import DeviceBatches, augment, check_mask_kind
+from facefill.data.augment import DeviceBatches, check_mask_kind, finish_loader_batch
 from facefill.data.dataset import EpochSampler, FaceDataset, TrainingImages
 from facefill.data.folders import list_images
 from facefill.data.prepare import center_box
 from facefill.devices import resolve_device
 from facefill.engine.evaluate import METRICS, load_test_split, mean_metrics, resolve_methods, score_method
+from facefill.engine.train import DATA_ON
 from facefill.imaging import read_rgb, resize_rgb, to_uint8
 from facefill.inference.options import FillOptions, sweep_options
 from facefill.registry import create_method, get_method_class, list_methods
@@ -307,6 +308,8 @@ def _validate(config: BenchConfig) -> None:
     if config.train:
         check_mask_kind(config.train_masks)
         trainable_names(config.methods)
+        if config.data_on not in DATA_ON:
+            raise ValueError(f"--data-on must be one of {', '.join(DATA_ON)}, got {config.data_on!r}")
         if config.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {config.workers}")
     elif not config.methods and not config.weights:
@@ -558,11 +561,7 @@ class LoaderBatches:
             self.sampler.epoch += 1
             self.iterator = iter(self.loader)
             batch = next(self.iterator)
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        batch["image"], _ = augment(batch["image"], self.generator)
-        if self.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-        return batch
+        return finish_loader_batch(batch, self.device, self.generator, True, self.channels_last)
 
 
 def time_training(name: str, config: BenchConfig, device: torch.device, batch_size: int) -> dict:
@@ -636,8 +635,8 @@ def run_train_bench(config: BenchConfig, device: torch.device, console, save=Non
                     row = time_training(name, config, device, batch_size)
                 except torch.OutOfMemoryError:
                     row = {"method": name, "size": config.size, "batch_size": batch_size, "data_on": config.data_on,
-                           "workers": config.workers, "error": "out of device memory", "images_per_s": None,
-                           "achieved_tflops": None}
+                           "workers": None if config.data_on == "device" else config.workers,
+                           "error": "out of device memory", "images_per_s": None, "achieved_tflops": None}
                     log.warning("%s at batch %d: out of device memory", name, batch_size)
             achieved = row["achieved_tflops"]
             row["peak_bf16_tflops"], row["peak_fp32_tflops"] = peaks["bf16"], peaks["fp32"]

@@ -24,7 +24,7 @@ from facefill.checkpoint import (WeightsError, check_payload, config_from_dict, 
                                  load_checkpoint, method_from_payload, remove_parts, save_checkpoint,
                                  stored_state)
 from facefill.config import TrainConfig, config_dict
-from facefill.data.augment import DeviceBatches, augment, check_mask_kind
+from facefill.data.augment import DeviceBatches, check_mask_kind, finish_loader_batch
 from facefill.data.dataset import EpochSampler, FaceDataset, load_training_images, parse_data_spec, read_manifest
 from facefill.devices import resolve_device
 from facefill.fileio import write_image_atomic, write_json_atomic
@@ -347,12 +347,8 @@ class Trainer:
             self.sampler.epoch = self.epoch
             self.sampler.start = (self.step - self.epoch * self.steps_per_epoch) * self.per_rank
             for batch in self.loader:
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                if self.config.augment:
-                    batch["image"], _ = augment(batch["image"], self.generator)
-                if self.channels_last:
-                    batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-                yield batch
+                yield finish_loader_batch(batch, self.device, self.generator, self.config.augment,
+                                          self.channels_last)
 
     def fit(self) -> dict:
         config = self.config
