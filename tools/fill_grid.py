@@ -1,0 +1,76 @@
+"""A picture of fills side by side: for each mask kind, the first test faces of a prepared set as
+masked input, each method's fill and the original, one row per face (as `facefill eval` scores them).
+
+    .venv/bin/python tools/fill_grid.py --data /work/data/datahq256 --masks center,random,irregular \\
+        --methods telea,dense-gan --weights runs/x/weights.pt --faces 2 --out docs/grid-256.jpg
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+import torch
+
+from facefill.config import EvalConfig
+from facefill.engine.evaluate import _load_pair, fill_tensor_batch, load_test_split, resolve_methods
+
+
+def masked_view(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The input as a user sees it: the hole painted white."""
+    view = image.copy()
+    view[hole] = 255
+    return view
+
+
+def label(tile: np.ndarray, text: str) -> np.ndarray:
+    out = tile.copy()
+    scale = max(0.35, tile.shape[1] / 400)
+    cv2.putText(out, text, (4, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (4, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def grid_rows(data: str, kind: str, entries, faces: int, first: int, framing: str) -> list[np.ndarray]:
+    items, shape, _ = load_test_split(data, kind, limit=first + faces, framing=framing)
+    rows = []
+    for item in items[first:first + faces]:
+        image, hole = _load_pair(item, shape)
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255.0)
+        mask = torch.from_numpy(hole)[None, None].float()
+        tiles = [label(masked_view(image, hole), kind)]
+        for entry in entries:
+            filled = fill_tensor_batch(entry.inpainter, tensor, mask)[0]
+            tiles.append(label(filled.mul(255).round().byte().permute(1, 2, 0).numpy(), entry.name))
+        tiles.append(label(image, "original"))
+        rows.append(np.concatenate(tiles, axis=1))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--masks", default="center")
+    parser.add_argument("--methods", default="telea")
+    parser.add_argument("--weights", action="append", default=[])
+    parser.add_argument("--faces", type=int, default=2, help="faces per mask kind")
+    parser.add_argument("--first", type=int, default=0, help="skip this many test faces")
+    parser.add_argument("--framing", choices=("aligned", "shifted"), default="aligned")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    _, _, size = load_test_split(args.data, args.masks.split(",")[0], limit=1)
+    config = EvalConfig(data=args.data, masks=args.masks.split(",")[0],
+                        methods=tuple(m for m in args.methods.split(",") if m), weights=tuple(args.weights),
+                        device="cpu")
+    entries = resolve_methods(config, torch.device("cpu"), size)
+    rows = [row for kind in args.masks.split(",") for row in grid_rows(args.data, kind, entries, args.faces, args.first, args.framing)]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=88)
+    print(f"wrote {args.out}: columns masked, {', '.join(e.name for e in entries)}, original")
+
+
+if __name__ == "__main__":
+    main()
