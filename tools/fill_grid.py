@@ -29,8 +29,11 @@ def masked_view(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 def label(tile: np.ndarray, text: str) -> np.ndarray:
     out = tile.copy()
     scale = max(0.35, tile.shape[1] / 400)
-    cv2.putText(out, text, (4, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(out, text, (4, int(16 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    scale *= min(1.0, (tile.shape[1] - 8) / width)      # long names shrink to fit the tile
+    origin = (4, int(16 * max(scale, 0.35) / 0.4))
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
     return out
 
 
