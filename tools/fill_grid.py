@@ -11,12 +11,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
-import torch
-
 from facefill.config import EvalConfig
-from facefill.engine.evaluate import _load_pair, fill_tensor_batch, load_test_split, resolve_methods
+from facefill.engine.evaluate import _load_pair, load_test_split, resolve_methods, score_method
 
 
 def masked_view(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
@@ -39,15 +38,15 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
 
 def grid_rows(data: str, kind: str, entries, faces: int, first: int, framing: str) -> list[np.ndarray]:
     items, shape, _ = load_test_split(data, kind, limit=first + faces, framing=framing)
+    items = items[first:first + faces]
+    stems = {item.stem for item in items}
+    fills = [score_method(entry, items, torch.device("cpu"), len(items), keep=stems, shape=shape)[2]
+             for entry in entries]
     rows = []
-    for item in items[first:first + faces]:
+    for item in items:
         image, hole = _load_pair(item, shape)
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div(255.0)
-        mask = torch.from_numpy(hole)[None, None].float()
         tiles = [label(masked_view(image, hole), kind)]
-        for entry in entries:
-            filled = fill_tensor_batch(entry.inpainter, tensor, mask)[0]
-            tiles.append(label(filled.mul(255).round().byte().permute(1, 2, 0).numpy(), entry.name))
+        tiles += [label(filled[item.stem], entry.name) for entry, filled in zip(entries, fills)]
         tiles.append(label(image, "original"))
         rows.append(np.concatenate(tiles, axis=1))
     return rows
@@ -69,7 +68,8 @@ def main() -> None:
                         methods=tuple(m for m in args.methods.split(",") if m), weights=tuple(args.weights),
                         device="cpu")
     entries = resolve_methods(config, torch.device("cpu"), size)
-    rows = [row for kind in args.masks.split(",") for row in grid_rows(args.data, kind, entries, args.faces, args.first, args.framing)]
+    rows = [row for kind in args.masks.split(",")
+            for row in grid_rows(args.data, kind, entries, args.faces, args.first, args.framing)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=88)
     print(f"wrote {args.out}: columns masked, {', '.join(e.name for e in entries)}, original")
