@@ -130,6 +130,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     ema: float | None = None           # EMA decay of the inference networks, e.g. 0.999
+    ema_bn_batches: int = 50           # with ema: training batches that re-estimate the averaged networks'
+                                       # BatchNorm statistics before each validation and checkpoint; 0: none
     workers: int = 2
     out: str = "runs/train"
     resume: bool = False

@@ -358,3 +358,35 @@ def test_resume_is_exact_with_device_side_masks_and_augmentation(tiny_dataset, t
     assert torch.equal(a["batches"]["generator"], b["batches"]["generator"])
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_recalibrated_batch_norm_statistics_are_the_average_over_the_batches():
+    from facefill.nn.blocks import recalibrate_batch_norms
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Dropout(0.5)).eval()
+    batches = [torch.randn(4, 2, 5, 5) * (1 + k) + k for k in range(3)]
+    features = [net[0](b).detach() for b in batches]
+    assert recalibrate_batch_norms([net], net, iter(batches)) == 1
+    norm = net[1]
+    expected_mean = torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0)
+    expected_var = torch.stack([f.transpose(0, 1).flatten(1).var(1) for f in features]).mean(0)  # unbiased, as BN
+    assert torch.allclose(norm.running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(norm.running_var, expected_var, atol=1e-4)
+    assert norm.momentum == 0.1 and not norm.training and not net[2].training
+    before = norm.running_mean.clone()
+    assert recalibrate_batch_norms([net], net, iter([])) == 0  # no batches: the statistics stay
+    assert torch.equal(norm.running_mean, before)
+
+
+@pytest.mark.parametrize("data_on", ["device", "workers"])
+def test_ema_batch_norms_are_recalibrated_and_the_training_batches_stay_the_same(tiny_dataset, tmp_path, data_on):
+    values = dict(masks="mix", augment=True, steps=4, ema=0.9, data_on=data_on)
+    copied = load_checkpoint(train(config(tiny_dataset, tmp_path / "copied", ema_bn_batches=0, **values))["checkpoint"])
+    calibrated = load_checkpoint(train(config(tiny_dataset, tmp_path / "calib", ema_bn_batches=3, **values))["checkpoint"])
+    for key, value in copied["model"].items():  # the calibration batches come from generators of their own
+        assert torch.equal(value, calibrated["model"][key]), key
+    stats = [key for key in copied["ema"]["generator"] if key.endswith("running_mean")]
+    assert stats
+    live = {key[len("generator."):]: value for key, value in copied["model"].items() if key.startswith("generator.")}
+    assert all(torch.equal(copied["ema"]["generator"][key], live[key]) for key in stats)
+    assert not any(torch.equal(calibrated["ema"]["generator"][key], live[key]) for key in stats)

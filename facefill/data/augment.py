@@ -193,22 +193,24 @@ class DeviceBatches:
         index = self.order(epoch)[start:start + self.batch_size]
         return self.make(index)
 
-    def make(self, index: torch.Tensor) -> dict:
+    def make(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """The batch of these images; ``generator`` (default: the training one) draws its randomness."""
+        generator = generator or self.generator
         images = self.images[index].permute(0, 3, 1, 2).float().div(255.0)
-        labels = self._labels(index) if self.needs_labels else None
-        images, labels = augment(images, self.generator, labels, frame=self.frame, colour=self.colour)
-        masks = draw_masks(self.kind, self.generator, len(index), self.size, self.device, labels, self.banks)
+        labels = self._labels(index, generator) if self.needs_labels else None
+        images, labels = augment(images, generator, labels, frame=self.frame, colour=self.colour)
+        masks = draw_masks(self.kind, generator, len(index), self.size, self.device, labels, self.banks)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.contiguous(memory_format=torch.channels_last)
         return {"image": images, "mask": masks}
 
-    def _labels(self, index):
+    def _labels(self, index, generator):
         """Each image's own parsing map, or a random one from the set's maps (None: geometric)."""
         if self.parsing is None:
             return None
         own = self.parsing_index[index]
-        other = torch.randint(len(self.parsing), (len(index),), generator=self.generator, device=self.device)
+        other = torch.randint(len(self.parsing), (len(index),), generator=generator, device=self.device)
         return self.parsing[torch.where(own >= 0, own, other)]
 
     def state_dict(self) -> dict:

@@ -145,3 +145,8 @@ class GeneratorInpainter(TrainableInpainter):
     @torch.no_grad()
     def predict(self, image, mask):
         return (self.generate(image, mask) + 1) / 2
+
+    def calibration_forward(self, batch: dict) -> None:
+        """The inference networks on a training batch, as training runs them: what re-estimating
+        their BatchNorm statistics (``train --ema``) passes through them."""
+        self.generate(batch["image"], batch["mask"])

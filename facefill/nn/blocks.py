@@ -32,6 +32,32 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def recalibrate_batch_norms(modules, forward, batches) -> int:
+    """Re-estimate the running statistics of every BatchNorm in ``modules`` as the plain average
+    over ``batches`` ("precise BN"), each batch passed to ``forward``; the other layers stay as
+    they are. Averaged (EMA) weights need this: the statistics an EMA copies from the live
+    networks belong to the live weights, not to the average. Returns how many layers it set."""
+    norms = [layer for module in modules for layer in module.modules()
+             if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats]
+    batches = iter(batches)
+    first = next(batches, None)
+    if not norms or first is None:
+        return 0
+    saved = [(layer, layer.momentum, layer.training) for layer in norms]
+    for layer in norms:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+        layer.train()
+    forward(first)
+    for batch in batches:
+        forward(batch)
+    for layer, momentum, training in saved:
+        layer.momentum = momentum
+        layer.train(training)
+    return len(norms)
+
+
 def activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU(inplace=True), "lrelu": nn.LeakyReLU(0.2, inplace=True),
             "elu": nn.ELU(inplace=True), "none": nn.Identity()}[name]
