@@ -148,8 +148,8 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (CUDA, or a CPU with bf16 support).")
 @click.option("--ema", type=float, help="EMA decay for the inference networks (e.g. 0.999).")
 @click.option("--ema-bn-batches", type=click.IntRange(min=0),
-              help="With --ema: re-estimate the averaged networks' BatchNorm statistics on this many "
-                   "training batches before each validation and checkpoint (the live networks' statistics "
+              help="With --ema: re-estimate the averaged networks' BatchNorm statistics (methods with one "
+                   "feed-forward generator) on this many training batches before each validation and checkpoint (the live networks' statistics "
                    "do not fit averaged weights); 0: keep the live ones.  [default: 50]")
 @click.option("--data-on", type=click.Choice(["device", "workers"]),
               help="device: the set decoded once onto the training device, batches, masks and augmentation "

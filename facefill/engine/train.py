@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from facefill.checkpoint import (WeightsError, check_payload, config_from_dict, export_weights,
                                  load_checkpoint, method_from_payload, remove_parts, save_checkpoint,
@@ -434,7 +434,7 @@ class Trainer:
         if not (self.ema and self.config.ema_bn_batches and forward) or self.calibrated_at == self.step:
             return
         self.method.eval()
-        with torch.no_grad(), self.ema_weights() as modules, self.autocast():
+        with self.ema_weights() as modules, self.autocast():
             recalibrate_batch_norms(modules.values(), forward, self.calibration_batches(self.config.ema_bn_batches))
             for name, module in modules.items():
                 self.ema.modules[name].load_state_dict(module.state_dict())
@@ -453,8 +453,7 @@ class Trainer:
                 yield self.device_batches.make(index.to(self.device), generator)
                 continue
             items = [self.train_set[(int(i), [self.config.seed, self.step, number, k])] for k, i in enumerate(index)]
-            batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
-            yield finish_loader_batch(batch, self.device, generator, self.config.augment, self.channels_last)
+            yield finish_loader_batch(default_collate(items), self.device, generator, self.config.augment, self.channels_last)
 
     def checkpoint(self) -> Path:
         path = self.run.path / f"ckpt-{self.step:07d}.pt"

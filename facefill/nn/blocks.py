@@ -1,6 +1,8 @@
 """Building blocks: dense blocks (Huang et al.), DCGAN-style discriminators, channel-wise FC."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.utils.fusion
 from torch import nn
@@ -49,8 +51,7 @@ def recalibrate_batch_norms(modules, forward, batches) -> int:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average
         layer.train()
-    forward(first)
-    for batch in batches:
+    for batch in itertools.chain([first], batches):
         forward(batch)
     for layer, momentum, training in saved:
         layer.momentum = momentum
