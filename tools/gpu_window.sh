@@ -12,7 +12,8 @@
 #
 # Environment: RUN (run folder, default runs/ffc-unet-gan-128), DEVICE (default cuda), SIZE (default 128), BATCH
 # (default 128), STEPS (default 1000000: --time-limit ends the run), INIT (a weights file to start
-# from when the run folder holds no checkpoint), FF (the facefill command), OUT.
+# from when the run folder holds no checkpoint), SET (space-separated method settings, e.g.
+# "adv_weight=1.0 fm_weight=10.0", each passed as --set), FF (the facefill command), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/ffc-unet-gan-128}
@@ -24,6 +25,8 @@ OUT=${OUT:-out/gpu-window}
 if [ -z "${FF:-}" ]; then
   if command -v facefill >/dev/null; then FF=facefill; else export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; FF="python3 -m facefill"; fi
 fi
+PY=python3   # the Python that runs facefill: the one beside its command in a virtual environment
+if [ -x "$(dirname "$(command -v "${FF%% *}")")/python" ]; then PY="$(dirname "$(command -v "${FF%% *}")")/python"; fi
 
 die() { echo "gpu_window: $*" >&2; exit 1; }
 
@@ -33,8 +36,11 @@ pack() {  # on this machine: the packed training sets the device machine receive
   $FF prepare "$shared/celeba-aligned" packs/data128 --size 128 --pack \
       --identities "$shared/celeba-aligned/identities.csv" --masks center
   $FF prepare "$shared/celeba-crops" packs/crops128 --size 128 --crop center --test-fraction 0 --masks center --pack
+  # the same split as the hq128 test set, and its label maps for the sunglasses and surgical-mask occluders
+  $FF prepare "$shared/celeba-hq/images" packs/hq128 --size 128 --crop center --test-fraction 0.1 --masks center --pack
+  $PY tools/parsing_maps.py packs/hq128 "$shared/celeba-hq/parsing" packs/parsing128
   rm -rf packs/*/test packs/*/masks   # test splits stay here: the device machine only trains
-  du -sh packs/* packs/*/*
+  du -sh --apparent-size packs/* packs/*/*.npz
 }
 
 METHODS=dense-gan,ffc-unet-gan,two-stage-gan,glcic,ddpm-ffc,wgan,autoencoder,context-encoder
@@ -58,11 +64,14 @@ start() {
   local resume=()
   if ls "$RUN"/ckpt-*.pt >/dev/null 2>&1; then resume=(--resume)
   elif [ -n "${INIT:-}" ]; then resume=(--init-from "$INIT"); fi
+  local settings=() kv
+  for kv in ${SET:-}; do settings+=(--set "$kv"); done
   # --time-limit stops the run cleanly with a checkpoint before the window closes
-  setsid nohup $FF train --method ffc-unet-gan --data packs/data128:2 --data packs/crops128 --size "$SIZE" \
+  FACEFILL_PARSING_DIR=packs/parsing128 setsid nohup $FF train --method ffc-unet-gan \
+      --data packs/data128:3 --data packs/crops128 --data packs/hq128:2 --size "$SIZE" \
       --masks full --augment --data-on device --batch-size "$BATCH" --amp --ema 0.999 --steps "$STEPS" \
       --time-limit "$minutes" --val-every 1000 --ckpt-every 1000 --part-mib 15 --set keep_last=1 \
-      --device "$DEVICE" --seed 0 --out "$RUN" "${resume[@]}" >>"$RUN/stdout.log" 2>&1 < /dev/null &
+      --device "$DEVICE" --seed 0 --out "$RUN" "${resume[@]}" "${settings[@]}" >>"$RUN/stdout.log" 2>&1 < /dev/null &
   echo $! >"$RUN/pid"
   sleep 60
   tail -n 5 "$RUN/stdout.log"
