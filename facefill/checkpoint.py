@@ -253,6 +253,11 @@ def card_psnr(card: dict) -> float:
     return card.get("metrics", {}).get("center", {}).get("psnr", float("-inf"))
 
 
+def smallest_fill(card: dict) -> int:
+    """The smallest square an any-size card's model fills at (smaller face crops are enlarged)."""
+    return min(int(card["size"]), int(card.get("config", {}).get("min_fill_size", 128)))
+
+
 def fills_any_size(card: dict) -> bool:
     """Whether the card's method is fully convolutional (it has ``fill_size``): one weights file
     that fills crops of every size, so it fits images of any size."""
@@ -265,13 +270,18 @@ def fills_any_size(card: dict) -> bool:
 def best_shipped(size: int | None = None, method: str | None = None) -> dict | None:
     """The shipped card to use: for ``method`` if given, else the best centre-mask PSNR of the
     methods that fill any size (the default model), else of all; among fixed sizes, the smallest
-    native size that is at least ``size`` (else the largest)."""
+    native size that is at least ``size`` (else the largest). Images smaller than the faces the
+    default model learned from go to a fixed-size card of their scale where one ships."""
     cards = [c for c in shipped_cards() if method is None or c["method"] == method]
     if not cards:
         return None
     any_size = [c for c in cards if fills_any_size(c)]
     if method is None and any_size:
-        return max(any_size, key=card_psnr)
+        best = max(any_size, key=card_psnr)
+        smaller = [c for c in cards if size is not None and size <= c["size"] < smallest_fill(best)]
+        if not smaller:
+            return best
+        cards = smaller
     if size is not None:
         sizes = sorted({c["size"] for c in cards})
         fitting = [s for s in sizes if s >= size]

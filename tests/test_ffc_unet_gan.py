@@ -58,11 +58,19 @@ def test_other_sides_are_padded_to_the_multiple_and_cropped_back():
 def test_fill_size_follows_the_crop_up_to_the_native_size():
     assert fill_size(256, 1000) == 256          # large faces: the native size
     assert fill_size(256, 256) == 256
-    assert fill_size(256, 128) == 128           # smaller faces: their own size, never enlarged
+    assert fill_size(256, 128) == 128           # smaller faces: their own size, not enlarged
     assert fill_size(256, 130) == 136           # rounded up to the multiple
-    assert fill_size(256, 3) == 8
+    assert fill_size(256, 64) == 128            # below the smallest trained scale: enlarged to it
+    assert fill_size(256, 3) == 128
+    assert fill_size(256, 64, smallest=32) == 64
+    assert fill_size(128, 40) == 128
+    assert fill_size(64, 40) == 64              # never above the native size
+    assert fill_size(32, 3, smallest=8) == 8
     assert fill_size(1024, 2000) == MAX_FILL_SIZE
     assert tiny_method(size=256).fill_size(200) == 200
+    assert tiny_method(size=256).fill_size(50) == 128
+    assert tiny_method(size=256, min_fill_size=64).fill_size(50) == 64
+    assert tiny_method(size=256, min_fill_size=64).fill_size(70) == 72
 
 
 def test_the_bottleneck_sees_the_whole_image_only_through_the_fourier_branch():

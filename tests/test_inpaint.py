@@ -353,6 +353,9 @@ def test_the_default_is_the_shipped_model_that_fills_any_size(tmp_path, monkeypa
     ship("dense-gan-64", "dense-gan", 64, 24.2)
     assert best_shipped(128)["method"] == "dense-gan" and best_shipped(64)["size"] == 64
     ship("ffc-unet-gan-256", "ffc-unet-gan", 256, 22.0)   # scored on other data: PSNRs do not compare
-    for size in (64, 128, 256, 1024):
+    for size in (65, 100, 128, 256, 1024, None):
         assert best_shipped(size)["method"] == "ffc-unet-gan"
+    # it learned from faces of 128 px and more: smaller images keep a card of their own scale
+    assert best_shipped(64)["method"] == "dense-gan" and best_shipped(64)["size"] == 64
+    assert best_shipped(40)["method"] == "dense-gan" and best_shipped(40)["size"] == 64
     assert best_shipped(128, "dense-gan")["size"] == 128     # a named method keeps its own cards

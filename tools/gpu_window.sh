@@ -12,8 +12,9 @@
 #
 # Environment: RUN (run folder, default runs/ffc-unet-gan-128), DEVICE (default cuda), SIZE (default 128), BATCH
 # (default 128), STEPS (default 1000000: --time-limit ends the run), INIT (a weights file to start
-# from when the run folder holds no checkpoint), SET (space-separated method settings, e.g.
-# "adv_weight=1.0 fm_weight=10.0", each passed as --set), FF (the facefill command), OUT.
+# from when the run folder holds no checkpoint), SET (space-separated method settings, each passed
+# as --set; default "adv_weight=1.0 fm_weight=10.0", the GAN weights of the shipped CPU model;
+# SET= for the method's defaults), FF (the facefill command), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/ffc-unet-gan-128}
@@ -22,6 +23,7 @@ BATCH=${BATCH:-128}
 SIZE=${SIZE:-128}
 STEPS=${STEPS:-1000000}
 OUT=${OUT:-out/gpu-window}
+SET=${SET-adv_weight=1.0 fm_weight=10.0}
 if [ -z "${FF:-}" ]; then
   if command -v facefill >/dev/null; then FF=facefill; else export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; FF="python3 -m facefill"; fi
 fi
@@ -65,7 +67,7 @@ start() {
   if ls "$RUN"/ckpt-*.pt >/dev/null 2>&1; then resume=(--resume)
   elif [ -n "${INIT:-}" ]; then resume=(--init-from "$INIT"); fi
   local settings=() kv
-  for kv in ${SET:-}; do settings+=(--set "$kv"); done
+  for kv in $SET; do settings+=(--set "$kv"); done
   # --time-limit stops the run cleanly with a checkpoint before the window closes
   FACEFILL_PARSING_DIR=packs/parsing128 setsid nohup $FF train --method ffc-unet-gan \
       --data packs/data128:3 --data packs/crops128 --data packs/hq128:2 --size "$SIZE" \
