@@ -255,7 +255,8 @@ def card_psnr(card: dict) -> float:
 
 def smallest_fill(card: dict) -> int:
     """The smallest square an any-size card's model fills at (smaller face crops are enlarged)."""
-    return min(int(card["size"]), int(card.get("config", {}).get("min_fill_size", 128)))
+    default = get_method_class(card["method"]).config_class.min_fill_size
+    return min(int(card["size"]), int(card.get("config", {}).get("min_fill_size", default)))
 
 
 def fills_any_size(card: dict) -> bool:

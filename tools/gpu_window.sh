@@ -27,8 +27,8 @@ SET=${SET-adv_weight=1.0 fm_weight=10.0}
 if [ -z "${FF:-}" ]; then
   if command -v facefill >/dev/null; then FF=facefill; else export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}; FF="python3 -m facefill"; fi
 fi
-PY=python3   # the Python that runs facefill: the one beside its command in a virtual environment
-if [ -x "$(dirname "$(command -v "${FF%% *}")")/python" ]; then PY="$(dirname "$(command -v "${FF%% *}")")/python"; fi
+PY="$(dirname "$(command -v "${FF%% *}")")/python"   # the Python beside facefill's command (a venv's)
+[ -x "$PY" ] || PY=python3
 
 die() { echo "gpu_window: $*" >&2; exit 1; }
 

@@ -3,27 +3,23 @@ grey PNGs, for a machine without ../shared (training there points FACEFILL_PARSI
 
     python tools/parsing_maps.py DATA PARSING_SRC OUT
 """
-import json
 import sys
 from pathlib import Path
 
-import cv2
 from PIL import Image
 
-from facefill.data.masks import load_parsing
+from facefill.data.dataset import parsing_at, parsing_file, read_manifest
 
 
 def main(data: str, source: str, out: str) -> None:
-    manifest = json.loads((Path(data) / "manifest.json").read_text())
+    manifest = read_manifest(data)
     size = int(manifest["size"])
     Path(out).mkdir(parents=True, exist_ok=True)
     written = 0
     for stem in manifest["split"]["train"]:
-        name = Path(manifest["files"].get(stem, stem)).stem + ".png"
-        path = Path(source) / name
+        path = parsing_file(source, manifest["files"], stem)
         if path.is_file():
-            labels = cv2.resize(load_parsing(str(path)), (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
-            Image.fromarray(labels, "L").save(Path(out) / name, optimize=True)
+            Image.fromarray(parsing_at(path, size), "L").save(Path(out) / path.name, optimize=True)
             written += 1
     print(f"{out}: {written} label maps at {size} px")
 

@@ -160,6 +160,19 @@ def load_training_images(specs, size: int, val_images: int, parsing_dir=None) ->
     return TrainingImages(np.concatenate(arrays), np.concatenate(weights), parsing, index, val, sources)
 
 
+def parsing_file(folder, files: dict, stem: str) -> Path:
+    """A prepared image's label map: its source file's stem (``files``: the manifest's) as a PNG."""
+    return Path(folder) / (Path(files.get(stem, stem)).stem + ".png")
+
+
+def parsing_at(path, size: int) -> np.ndarray:
+    """A label map resized to ``size`` x ``size`` (nearest: labels are not blended)."""
+    labels = load_parsing(str(path))
+    if labels.shape != (size, size):
+        labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
+    return labels
+
+
 def _parsing_maps(stems, size: int, parsing_dir) -> tuple[np.ndarray | None, np.ndarray]:
     """CelebAMask-HQ label maps for the images whose source file has one (same stem)."""
     folder = Path(parsing_dir) if parsing_dir else default_parsing_dir()
@@ -175,13 +188,10 @@ def _parsing_maps(stems, size: int, parsing_dir) -> tuple[np.ndarray | None, np.
     for number, (data, stem) in enumerate(stems):
         if data not in files:
             continue
-        candidate = folder / (Path(files[data].get(stem, stem)).stem + ".png")
+        candidate = parsing_file(folder, files[data], stem)
         if candidate.is_file():
-            labels = load_parsing(str(candidate))
-            if labels.shape != (size, size):
-                labels = cv2.resize(labels, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
             index[number] = len(maps)
-            maps.append(labels)
+            maps.append(parsing_at(candidate, size))
     return (np.stack(maps) if maps else None), index
 
 
