@@ -73,6 +73,31 @@ def test_fill_size_follows_the_crop_up_to_the_native_size():
     assert tiny_method(size=256, min_fill_size=64).fill_size(70) == 72
 
 
+def test_a_shallow_hole_is_filled_at_up_to_twice_the_native_size():
+    assert fill_size(128, 256, depth=16) == 256          # thin strokes: the crop's own resolution
+    assert fill_size(128, 256, depth=17) == 128          # deeper than 1/16 of the side: trained scale
+    assert fill_size(128, 256, depth=64) == 128          # a centred quarter
+    assert fill_size(128, 1000, depth=10) == 256         # at most twice the native size
+    assert fill_size(128, 200, depth=10) == 200
+    assert fill_size(128, 100, depth=2) == 128           # small crops are still enlarged, no more
+    assert fill_size(64, 40, depth=1) == 64
+    assert fill_size(512, 2000, depth=1) == MAX_FILL_SIZE
+    assert tiny_method(size=128).fill_size(256, depth=12) == 256
+
+
+def test_the_pipeline_fills_strokes_at_full_resolution_and_a_deep_hole_at_the_trained_scale():
+    from facefill.inference.faces import FRAMINGS
+    from facefill.inference.fitting import plan_fits
+    method = tiny_method(size=128)
+    image = np.zeros((256, 256, 3), np.uint8)
+    stroke, box = np.zeros((256, 256), bool), np.zeros((256, 256), bool)
+    stroke[100:110, 20:230] = True               # 5 px deep
+    box[64:192, 64:192] = True
+    sides = [plan_fits(0, image, hole, 128, FRAMINGS["celeba-hq"], aligned=True, size_for=method.fill_size)[0]
+             .image.shape[0] for hole in (stroke, box)]
+    assert sides == [256, 128]
+
+
 def test_the_bottleneck_sees_the_whole_image_only_through_the_fourier_branch():
     """An impulse in one corner reaches the opposite corner of the 1/8-resolution bottleneck with
     FFC blocks (global receptive field), not with plain residual blocks (global_ratio=0)."""

@@ -117,7 +117,7 @@ def test_a_hole_that_covers_no_face_is_filled_by_the_square_around_it():
 class AnySize(Grey):
     """A fully convolutional fake: native 64 px, fills smaller crops at their own side."""
 
-    def fill_size(self, side):
+    def fill_size(self, side, depth=None):
         return min(self.size, -(-int(side) // 8) * 8)
 
 
@@ -134,6 +134,17 @@ def test_a_method_with_fill_size_fills_small_crops_at_their_own_resolution():
     assert fits[0].image.shape == (40, 40, 3) and np.allclose(fits[0].matrix[:, :2], np.eye(2))
     grown = plan_fits(0, image, hole, 64, FRAMINGS["celeba-hq"], aligned=False, size_for=model.fill_size)
     assert grown[0].image.shape == (64, 64, 3)
+
+
+def test_hole_depth_counts_the_border_as_hole():
+    from facefill.inference.fitting import hole_depth
+    hole = np.zeros((40, 40), bool)
+    assert hole_depth(hole) == 0
+    hole[10:20, :] = True                        # a strip 10 px wide: its middle is 5 px from known rows
+    assert hole_depth(hole) == pytest.approx(5, abs=0.1)
+    hole[:] = False
+    hole[:5, :] = True                           # 5 rows along the top edge: as deep as the strip
+    assert hole_depth(hole) == pytest.approx(5, abs=0.1)
 
 
 def test_aligned_skips_detection(monkeypatch):

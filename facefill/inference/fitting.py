@@ -19,8 +19,8 @@ Per image:
    pixels (``feather=0``: the fill replaces every hole pixel).
 
 Methods that take any size (``inpainter.size`` None: the classical ones) fill at full resolution.
-A fully convolutional method with ``fill_size(side)`` (ffc-unet-gan) fills each crop at the size
-it picks for the crop's side in photo pixels, up to its native size.
+A fully convolutional method with ``fill_size(side, depth)`` (ffc-unet-gan) fills each crop at the
+size it picks for the crop's side and the hole's depth (:func:`hole_depth`), both in photo pixels.
 """
 from __future__ import annotations
 
@@ -184,34 +184,41 @@ def inside_square(hole: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
 
 def plan_fits(index: int, image: np.ndarray, hole: np.ndarray, size: int | None, framing: Framing,
               aligned: bool, size_for=None) -> list[Fit]:
-    """The crops that together fill ``hole`` (see the module docstring). ``size_for(side)``, for
-    a fully convolutional method, picks the fill size of a crop of ``side`` photo pixels (a face
-    smaller than the native size is filled at its own resolution, not enlarged)."""
+    """The crops that together fill ``hole`` (see the module docstring). ``size_for(side, depth)``,
+    for a fully convolutional method, picks the fill size of a crop of ``side`` photo pixels whose
+    hole is ``depth`` pixels deep (``fill_size`` of ffc-unet-gan)."""
     if size is None:
         return [Fit(index, None, hole, image, hole)]
     parts = []
     if not aligned:
         for face, part in assign_to_faces(image, hole):
-            matrix, side = _sized(lambda s: face_transform(face, framing, s), size, size_for)
+            matrix, side = _sized(lambda s: face_transform(face, framing, s), size, size_for, part)
             covered = inside_square(part, matrix, side)
             parts.append((matrix, side, covered))
             hole = hole & ~covered
     if hole.any():
         box = crop_box(hole) if aligned else context_box(hole, size)
-        matrix, side = _sized(lambda s: box_transform(box, s), size, size_for)
+        matrix, side = _sized(lambda s: box_transform(box, s), size, size_for, hole)
         parts.append((matrix, side, hole))
     return [Fit(index, matrix, part, warp_in(image, matrix, side), hole_in(part, matrix, side))
             for matrix, side, part in parts]
 
 
-def _sized(transform, size: int, size_for) -> tuple[np.ndarray, int]:
+def _sized(transform, size: int, size_for, hole: np.ndarray) -> tuple[np.ndarray, int]:
     """(photo -> model matrix, fill size): ``transform(size)``, or the size ``size_for`` picks
-    for the crop's side in photo pixels."""
+    for the crop's side and ``hole``'s depth in photo pixels."""
     matrix = transform(size)
     if size_for is None:
         return matrix, size
-    chosen = int(size_for(crop_side(matrix, size)))
+    chosen = int(size_for(crop_side(matrix, size), depth=hole_depth(hole)))
     return (matrix, size) if chosen == size else (transform(chosen), chosen)
+
+
+def hole_depth(hole: np.ndarray) -> float:
+    """How far (pixels) the hole's farthest pixel lies from a known pixel; beyond the image's
+    border counts as hole, so a hole along an edge is as deep as it would be in a larger photo."""
+    inside = np.pad(hole, 1, constant_values=True).astype(np.uint8)
+    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1][hole].max(initial=0.0))
 
 
 def assign_to_faces(image: np.ndarray, hole: np.ndarray) -> list[tuple[object, np.ndarray]]:
