@@ -145,6 +145,7 @@ def test_hole_depth_counts_the_border_as_hole():
     hole[:] = False
     hole[:5, :] = True                           # 5 rows along the top edge: as deep as the strip
     assert hole_depth(hole) == pytest.approx(5, abs=0.1)
+    assert hole_depth(np.ones((8, 8), bool)) > 1000       # no known pixel at all: as deep as can be
 
 
 def test_aligned_skips_detection(monkeypatch):
