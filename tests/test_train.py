@@ -349,6 +349,23 @@ def test_init_from_weights_starts_from_the_generator_with_fresh_optimisers(tiny_
                        method_settings=tuple({**TINY["dense-gan"], "base_channels": 16}.items())))
 
 
+def test_init_from_a_run_checkpoint_keeps_its_discriminator_with_fresh_optimisers(tiny_dataset, tmp_path):
+    first = train(config(tiny_dataset, tmp_path / "a", steps=2, ema=0.9))
+    state = load_checkpoint(first["checkpoint"])
+    from facefill.engine.train import Trainer
+
+    trainer = Trainer(config(tiny_dataset, tmp_path / "b", steps=1, init_from=first["checkpoint"]))
+    for key, value in trainer.method.discriminator.state_dict().items():
+        assert torch.equal(value, state["model"]["discriminator." + key]), key
+    for key, value in trainer.method.generator.state_dict().items():
+        assert torch.equal(value, state["ema"]["generator"][key]), key      # the averaged generator
+    assert all(not o.state for o in trainer.optimizers.values())
+    assert trainer.step == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        Trainer(config(tiny_dataset, tmp_path / "c", steps=1, init_from=first["checkpoint"],
+                       method_settings=tuple({**TINY["dense-gan"], "base_channels": 16}.items())))
+
+
 def test_resume_is_exact_with_device_side_masks_and_augmentation(tiny_dataset, tmp_path):
     values = dict(masks="mix", augment=True, steps=6)
     whole = train(config(tiny_dataset, tmp_path / "whole", **values))

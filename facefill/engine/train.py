@@ -244,8 +244,13 @@ class Trainer:
         self._build_data()
 
     def _init_from(self, weights) -> None:
-        """A shipped weights file's inference networks (the generator) as the starting point."""
+        """A shipped weights file's inference networks (the generator), or a run checkpoint's
+        networks (its discriminator too, and its generator's EMA where it has one), as the
+        starting point; the optimisers start afresh either way."""
         payload = load_checkpoint(weights)
+        if isinstance(payload, dict) and payload.get("kind") == "training-checkpoint":
+            self._init_from_run(payload, weights)
+            return
         check_payload(payload, weights)
         if payload["method"] != self.method.name:
             raise WeightsError(f"{weights}: holds {payload.get('method')!r} weights, not {self.method.name!r}")
@@ -254,6 +259,19 @@ class Trainer:
         except (RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
             raise WeightsError(f"{weights}: does not fit this {self.method.name} configuration ({first})") from None
+
+    def _init_from_run(self, state: dict, path) -> None:
+        # A fine-tune that keeps the trained discriminator stays sharp from its first step; a
+        # fresh one blurred a warm-started ffc-unet-gan for hundreds of steps (weights/RESULTS.md).
+        if state.get("method") != self.method.name:
+            raise WeightsError(f"{path}: a {state.get('method')!r} checkpoint, not {self.method.name!r}")
+        try:
+            self.method.load_state_dict(state["model"])
+            if state.get("ema"):
+                self.method.load_export_state(state["ema"])
+        except (RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise WeightsError(f"{path}: does not fit this {self.method.name} configuration ({first})") from None
 
     def _build_data(self):
         config = self.config
