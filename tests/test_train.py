@@ -364,6 +364,9 @@ def test_init_from_a_run_checkpoint_keeps_its_discriminator_with_fresh_optimiser
     with pytest.raises(ValueError, match="does not fit"):
         Trainer(config(tiny_dataset, tmp_path / "c", steps=1, init_from=first["checkpoint"],
                        method_settings=tuple({**TINY["dense-gan"], "base_channels": 16}.items())))
+    other = train(config(tiny_dataset, tmp_path / "d", method="autoencoder", steps=1))
+    with pytest.raises(ValueError, match=r"ckpt-\d+\.pt: a 'autoencoder' checkpoint, not 'dense-gan'"):
+        Trainer(config(tiny_dataset, tmp_path / "e", steps=1, init_from=other["checkpoint"]))
 
 
 def test_resume_is_exact_with_device_side_masks_and_augmentation(tiny_dataset, tmp_path):

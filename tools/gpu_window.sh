@@ -11,8 +11,8 @@
 #   tools/gpu_window.sh collect         there: wait for the run to stop, export, copy results to $OUT
 #
 # Environment: RUN (run folder, default runs/ffc-unet-gan-128), DEVICE (default cuda), SIZE (default 128), BATCH
-# (default 128), STEPS (default 1000000: --time-limit ends the run), INIT (a weights file to start
-# from when the run folder holds no checkpoint), SET (space-separated method settings, each passed
+# (default 128), STEPS (default 1000000: --time-limit ends the run), INIT (a weights file or run
+# checkpoint to start from when the run folder holds no checkpoint), SET (space-separated method settings, each passed
 # as --set; default "adv_weight=1.0 fm_weight=10.0", the GAN weights of the shipped CPU model;
 # SET= for the method's defaults), FF (the facefill command), OUT.
 set -euo pipefail

@@ -249,26 +249,26 @@ class Trainer:
         starting point; the optimisers start afresh either way."""
         payload = load_checkpoint(weights)
         if isinstance(payload, dict) and payload.get("kind") == "training-checkpoint":
-            self._init_from_run(payload, weights)
+            # keeping the trained discriminator keeps a fine-tune sharp: a fresh one blurred a
+            # warm-started ffc-unet-gan for hundreds of steps (weights/RESULTS.md)
+            if payload.get("method") != self.method.name:
+                raise WeightsError(f"{weights}: a {payload.get('method')!r} checkpoint, not {self.method.name!r}")
+            self._load_or_refuse(weights, self._load_run_networks, payload)
             return
         check_payload(payload, weights)
         if payload["method"] != self.method.name:
             raise WeightsError(f"{weights}: holds {payload.get('method')!r} weights, not {self.method.name!r}")
-        try:
-            self.method.load_export_state(stored_state(payload))
-        except (RuntimeError, ValueError) as error:
-            first = str(error).strip().splitlines()[0]
-            raise WeightsError(f"{weights}: does not fit this {self.method.name} configuration ({first})") from None
+        self._load_or_refuse(weights, self.method.load_export_state, stored_state(payload))
 
-    def _init_from_run(self, state: dict, path) -> None:
-        # A fine-tune that keeps the trained discriminator stays sharp from its first step; a
-        # fresh one blurred a warm-started ffc-unet-gan for hundreds of steps (weights/RESULTS.md).
-        if state.get("method") != self.method.name:
-            raise WeightsError(f"{path}: a {state.get('method')!r} checkpoint, not {self.method.name!r}")
+    def _load_run_networks(self, state: dict) -> None:
+        self.method.load_state_dict(state["model"])
+        if state.get("ema"):
+            self.method.load_export_state(state["ema"])
+
+    def _load_or_refuse(self, path, load, state) -> None:
+        """``load(state)``, or a one-line WeightsError naming ``path`` when the shapes do not fit."""
         try:
-            self.method.load_state_dict(state["model"])
-            if state.get("ema"):
-                self.method.load_export_state(state["ema"])
+            load(state)
         except (RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
             raise WeightsError(f"{path}: does not fit this {self.method.name} configuration ({first})") from None

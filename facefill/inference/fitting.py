@@ -78,6 +78,12 @@ def _check_pair(image, mask) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def hole_bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The hole's bounding box (top, bottom, left, right), ends exclusive; the mask has a hole."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
 def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """The square (top, bottom, left, right) to fit: the short side's square centred on the
     hole's bounding box, or the whole image when square or when the hole does not fit."""
@@ -85,8 +91,7 @@ def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     if height == width or not mask.any():
         return 0, height, 0, width
     side = min(height, width)
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    y0, y1, x0, x1 = hole_bounds(mask)
     if y1 - y0 > side or x1 - x0 > side:
         return 0, height, 0, width
     top = int(np.clip(round((y0 + y1 - side) / 2), 0, height - side))
@@ -99,8 +104,7 @@ def context_box(mask: np.ndarray, size: int) -> tuple[int, int, int, int]:
     its extent (the training holes' share of a crop: a centre hole is half the side), at least
     the model's ``size``, shifted inside the image; the short side's square when larger."""
     height, width = mask.shape
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    y0, y1, x0, x1 = hole_bounds(mask)
     side = max(HOLE_CONTEXT * max(y1 - y0, x1 - x0), size)
     if side >= min(height, width):
         return crop_box(mask)
@@ -217,8 +221,13 @@ def _sized(transform, size: int, size_for, hole: np.ndarray) -> tuple[np.ndarray
 def hole_depth(hole: np.ndarray) -> float:
     """How far (pixels) the hole's farthest pixel lies from a known pixel; beyond the image's
     border counts as hole, so a hole along an edge is as deep as it would be in a larger photo."""
-    inside = np.pad(hole, 1, constant_values=True).astype(np.uint8)
-    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1][hole].max(initial=0.0))
+    if not hole.any():
+        return 0.0
+    # the hole's box grown by a pixel holds the nearest known pixels: no transform of a whole photo
+    y0, y1, x0, x1 = hole_bounds(hole)
+    window = hole[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1]
+    inside = np.pad(window, 1, constant_values=True).astype(np.uint8)
+    return float(cv2.distanceTransform(inside, cv2.DIST_L2, 5)[1:-1, 1:-1][window].max())
 
 
 def assign_to_faces(image: np.ndarray, hole: np.ndarray) -> list[tuple[object, np.ndarray]]:
