@@ -117,6 +117,14 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tiny_d
     assert steps == sorted(steps)
 
 
+def test_resume_with_a_new_learning_rate_uses_it(tiny_dataset, tmp_path):
+    train(config(tiny_dataset, tmp_path / "run", steps=2))
+    resumed = train(config(tiny_dataset, tmp_path / "run", steps=3, resume=True, lr=1e-5))
+    optimizers = load_checkpoint(resumed["checkpoint"])["optimizers"]
+    assert {group["lr"] for opt in optimizers.values() for group in opt["param_groups"]} == {1e-5}
+    assert optimizers["generator"]["state"], "the saved Adam moments are kept"
+
+
 def test_run_folder_has_logs_samples_plots_and_bounded_checkpoints(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     summary = train(config(tiny_dataset, run, steps=6, val_every=2, ckpt_every=2, keep_last=2))

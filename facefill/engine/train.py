@@ -210,6 +210,17 @@ def stored_settings(out) -> dict:
     return settings
 
 
+def load_moments(optimizer, saved: dict) -> None:
+    """Load an optimiser's saved state but keep this run's hyperparameters: PyTorch's
+    ``load_state_dict`` also restores the saved learning rate, which would silently undo
+    ``--resume --lr`` (or ``--set disc_lr=...``). Unchanged settings resume exactly."""
+    configured = [{key: value for key, value in group.items() if key != "params"}
+                  for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+
+
 # ---------------------------------------------------------------- the loop
 class Trainer:
     def __init__(self, config: TrainConfig):
@@ -334,7 +345,7 @@ class Trainer:
             raise ValueError(f"{path}: does not fit this {self.method.name} configuration ({first}); "
                              f"resume without --set to use the checkpoint's settings") from None
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            load_moments(optimizer, state["optimizers"][name])
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch = state["step"], state["epoch"]
