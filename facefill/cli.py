@@ -143,7 +143,8 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--steps", type=int, help="Optimisation steps (overrides --epochs).")
 @click.option("--time-limit", type=float, help="Stop cleanly after this many minutes, with a checkpoint.")
 @click.option("--batch-size", type=int, help="[default: 64]")
-@click.option("--lr", type=float, help="Learning rate; default: the paper's.")
+@click.option("--lr", type=float, help="Learning rate; default: the paper's. With --resume, the rate from here on "
+              "(the optimiser's moments are kept): a step decay.")
 @click.option("--device", help="auto | cpu | cuda  [default: auto]")
 @click.option("--amp/--no-amp", default=None, help="bf16 autocast (CUDA, or a CPU with bf16 support).")
 @click.option("--ema", type=float, help="EMA decay for the inference networks (e.g. 0.999).")
