@@ -125,6 +125,16 @@ def test_resume_with_a_new_learning_rate_uses_it(tiny_dataset, tmp_path):
     assert optimizers["generator"]["state"], "the saved Adam moments are kept"
 
 
+def test_resume_refuses_another_methods_checkpoint_or_other_shapes_in_one_line(tiny_dataset, tmp_path):
+    train(config(tiny_dataset, tmp_path / "run", method="autoencoder", steps=1))
+    with pytest.raises(ValueError, match=r"ckpt-\d+\.pt: a 'autoencoder' checkpoint, not 'dense-gan'"):
+        train(config(tiny_dataset, tmp_path / "run", steps=2, resume=True))
+    train(config(tiny_dataset, tmp_path / "other", steps=1))
+    wider = tuple({**TINY["dense-gan"], "base_channels": 16}.items())
+    with pytest.raises(ValueError, match=r"ckpt-\d+\.pt: does not fit .*; resume without --set"):
+        train(config(tiny_dataset, tmp_path / "other", steps=2, resume=True, method_settings=wider))
+
+
 def test_run_folder_has_logs_samples_plots_and_bounded_checkpoints(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     summary = train(config(tiny_dataset, run, steps=6, val_every=2, ckpt_every=2, keep_last=2))

@@ -262,8 +262,7 @@ class Trainer:
         if isinstance(payload, dict) and payload.get("kind") == "training-checkpoint":
             # keeping the trained discriminator keeps a fine-tune sharp: a fresh one blurred a
             # warm-started ffc-unet-gan for hundreds of steps (weights/RESULTS.md)
-            if payload.get("method") != self.method.name:
-                raise WeightsError(f"{weights}: a {payload.get('method')!r} checkpoint, not {self.method.name!r}")
+            self._check_method(weights, payload)
             self._load_or_refuse(weights, self._load_run_networks, payload)
             return
         check_payload(payload, weights)
@@ -276,13 +275,17 @@ class Trainer:
         if state.get("ema"):
             self.method.load_export_state(state["ema"])
 
-    def _load_or_refuse(self, path, load, state) -> None:
+    def _check_method(self, path, checkpoint: dict) -> None:
+        if checkpoint.get("method") != self.method.name:
+            raise WeightsError(f"{path}: a {checkpoint.get('method')!r} checkpoint, not {self.method.name!r}")
+
+    def _load_or_refuse(self, path, load, state, hint: str = "") -> None:
         """``load(state)``, or a one-line WeightsError naming ``path`` when the shapes do not fit."""
         try:
             load(state)
         except (RuntimeError, ValueError) as error:
             first = str(error).strip().splitlines()[0]
-            raise WeightsError(f"{path}: does not fit this {self.method.name} configuration ({first})") from None
+            raise WeightsError(f"{path}: does not fit this {self.method.name} configuration ({first}){hint}") from None
 
     def _build_data(self):
         config = self.config
@@ -336,14 +339,9 @@ class Trainer:
         path, state = self.run.newest_readable(map_location=self.device)
         if state is None:
             return False
-        if state.get("method") != self.method.name:
-            raise ValueError(f"{path}: a {state.get('method')} checkpoint, not {self.method.name}")
-        try:
-            self.method.load_state_dict(state["model"])
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
-            raise ValueError(f"{path}: does not fit this {self.method.name} configuration ({first}); "
-                             f"resume without --set to use the checkpoint's settings") from None
+        self._check_method(path, state)
+        self._load_or_refuse(path, self.method.load_state_dict, state["model"],
+                             hint="; resume without --set to use the checkpoint's settings")
         for name, optimizer in self.optimizers.items():
             load_moments(optimizer, state["optimizers"][name])
         if self.ema and state.get("ema"):
