@@ -268,20 +268,16 @@ def fills_any_size(card: dict) -> bool:
         return False
 
 
-def trained_nearest(size: int | None, cards: list[dict]) -> dict:
-    """Of one any-size method's cards, the one trained at the largest size not above ``size``
-    (else the smallest; the largest when ``size`` is unknown): a 256 px stage fills 256 px faces
-    best, its 128 px parent the 128 px ones."""
-    sizes = sorted({int(c["size"]) for c in cards})
-    fitting = [s for s in sizes if size is None or s <= size]
-    chosen = fitting[-1] if fitting else sizes[0]
-    return max((c for c in cards if int(c["size"]) == chosen), key=card_psnr)
+def largest_trained(cards: list[dict]) -> dict:
+    """Of one any-size method's cards, the one trained at the largest size (the best centre PSNR
+    among equals); its smaller sizes fill the smaller face crops (``with_smaller_scales``)."""
+    return max(cards, key=lambda c: (int(c["size"]), card_psnr(c)))
 
 
 def best_shipped(size: int | None = None, method: str | None = None) -> dict | None:
     """The shipped card to use: for ``method`` if given, else the best centre-mask PSNR of the
-    methods that fill any size (the default model; of its cards, the one trained nearest below
-    ``size``), else of all; among fixed sizes, the smallest native size that is at least ``size``
+    methods that fill any size (the default model; of its cards, the one trained at the largest
+    size), else of all; among fixed sizes, the smallest native size that is at least ``size``
     (else the largest). Images smaller than the faces the default model learned from go to a
     fixed-size card of their scale where one ships."""
     cards = [c for c in shipped_cards() if method is None or c["method"] == method]
@@ -289,10 +285,10 @@ def best_shipped(size: int | None = None, method: str | None = None) -> dict | N
         return None
     any_size = [c for c in cards if fills_any_size(c)]
     if method is not None and len(any_size) == len(cards):
-        return trained_nearest(size, cards)
+        return largest_trained(cards)
     if method is None and any_size:
         best_method = max(any_size, key=card_psnr)["method"]
-        best = trained_nearest(size, [c for c in any_size if c["method"] == best_method])
+        best = largest_trained([c for c in any_size if c["method"] == best_method])
         smaller = [c for c in cards if size is not None and size <= c["size"] < smallest_fill(best)]
         if not smaller:
             return best
@@ -323,4 +319,16 @@ def resolve_inpainter(method: str | None, weights: str | None, device="cpu", ima
             raise WeightsError(f"no shipped weights for {method!r} in {weights_dir()}; "
                                f"train it (facefill train) and pass --weights")
         return create_method("telea")
-    return load_weights(card["path"], device)
+    return with_smaller_scales(load_weights(card["path"], device), card, device)
+
+
+def with_smaller_scales(inpainter, card: dict, device="cpu"):
+    """An any-size default card's model with the same method's shipped cards of smaller sizes
+    added (``add_smaller_scale``), so that each face crop is filled by the scale it fits."""
+    if not hasattr(inpainter, "add_smaller_scale"):
+        return inpainter
+    smaller = [c for c in shipped_cards() if c["method"] == card["method"] and int(c["size"]) < int(card["size"])]
+    if smaller:
+        below = largest_trained(smaller)
+        inpainter.add_smaller_scale(with_smaller_scales(load_weights(below["path"], device), below, device))
+    return inpainter

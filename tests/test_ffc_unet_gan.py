@@ -268,3 +268,22 @@ def test_trains_and_exports_through_the_engine(tiny_dataset, tmp_path):
     assert {"psnr", "ssim", "sharpness"} <= set(centre) and np.isfinite(centre["sharpness"])
     loaded = load_weights(tmp_path / "w.pt")
     assert loaded.inpaint(torch.rand(1, 3, 48, 48), box_mask(1, 48, 48, 8, 8, 24)).shape == (1, 3, 48, 48)
+
+
+def test_the_default_fills_each_crop_with_the_scale_it_fits(tmp_path, monkeypatch):
+    from facefill.checkpoint import resolve_inpainter
+
+    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
+    torch.manual_seed(0)
+    for size in (32, 64):
+        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt", {"size": size})
+    default = resolve_inpainter(None, None)
+    small, large = load_weights(tmp_path / "ffc-unet-gan-32.pt"), load_weights(tmp_path / "ffc-unet-gan-64.pt")
+    assert default.size == 64 and default.scale_for(40).size == 32 and default.scale_for(64) is default
+    assert default.fill_size(40) == small.fill_size(40) == 32 and default.fill_size(100) == large.fill_size(100) == 64
+    for side, expected in ((40, small), (64, large)):
+        image, mask = torch.rand(2, 3, side, side), box_mask(2, side, side, 8, 8, 16)
+        assert torch.equal(default.inpaint(image, mask), expected.inpaint(image, mask))
+    image, mask = torch.rand(1, 3, 40, 40), box_mask(1, 40, 40, 8, 8, 16)
+    assert not torch.allclose(small.inpaint(image, mask), large.inpaint(image, mask))
+    assert resolve_inpainter(None, str(tmp_path / "ffc-unet-gan-64.pt")).scale_for(40).size == 64  # --weights: one model

@@ -200,12 +200,33 @@ class FFCUNetGAN(GeneratorInpainter):
             return self.generator(inputs)
         return fast(inputs.contiguous(memory_format=torch.channels_last))
 
+    def add_smaller_scale(self, smaller: "FFCUNetGAN") -> None:
+        """Let ``smaller`` (this method trained at a smaller size, e.g. the 128 px parent of a
+        256 px stage) fill the face crops smaller than this model's size: each fills best the
+        faces of the scale it learned from. Not a registered submodule: exports stay one model."""
+        self.__dict__["smaller_scale"] = smaller
+
+    def scale_for(self, side: int) -> "FFCUNetGAN":
+        """The model that fills a crop (or a fill square) of ``side`` px."""
+        smaller = self.__dict__.get("smaller_scale")
+        return smaller.scale_for(side) if smaller is not None and side < self.size else self
+
+    def to_device(self, device):
+        smaller = self.__dict__.get("smaller_scale")
+        if smaller is not None:
+            smaller.to_device(device)
+        return super().to_device(device)
+
     def fill_size(self, side: int, depth: float | None = None) -> int:
-        """See :func:`fill_size`."""
-        return fill_size(self.size, side, self.generator.multiple, self.config.min_fill_size, depth)
+        """See :func:`fill_size`; with a smaller scale added, that of the model for ``side``."""
+        model = self.scale_for(side)
+        return fill_size(model.size, side, model.generator.multiple, model.config.min_fill_size, depth)
 
     @torch.no_grad()
     def predict(self, image, mask):
+        model = self.scale_for(max(image.shape[-2:]))
+        if model is not self:
+            return model.predict(image, mask)
         height, width = image.shape[-2:]
         multiple = self.generator.multiple
         padded = self.generate(pad_to_multiple(image, multiple), pad_to_multiple(mask, multiple))
