@@ -287,3 +287,18 @@ def test_the_default_fills_each_crop_with_the_scale_it_fits(tmp_path, monkeypatc
     image, mask = torch.rand(1, 3, 40, 40), box_mask(1, 40, 40, 8, 8, 16)
     assert not torch.allclose(small.inpaint(image, mask), large.inpaint(image, mask))
     assert resolve_inpainter(None, str(tmp_path / "ffc-unet-gan-64.pt")).scale_for(40).size == 64  # --weights: one model
+
+
+def test_the_default_frames_a_small_hole_on_no_face_as_its_smallest_scale_alone(tmp_path, monkeypatch):
+    from facefill.checkpoint import resolve_inpainter
+    from facefill.inference.fitting import fill_batch
+
+    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
+    torch.manual_seed(0)
+    for size in (32, 64):
+        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt", {"size": size})
+    image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    hole = np.zeros((100, 100), bool)
+    hole[40:50, 40:50] = True      # a 10 px hole: 20 px of context, at least the model's size
+    ladder, small = resolve_inpainter(None, None), load_weights(tmp_path / "ffc-unet-gan-32.pt")
+    assert np.array_equal(fill_batch(ladder, [image], [hole])[0], fill_batch(small, [image], [hole])[0])

@@ -313,6 +313,8 @@ def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], dev
     options = options or FillOptions()
     framing = framing or framing_for(getattr(inpainter, "weights_meta", None))
     size = getattr(inpainter, "size", None)
+    if size and hasattr(inpainter, "scale_for"):   # frame holes on no face as its smallest scale
+        size = inpainter.scale_for(0).size        # does alone; fill_size then picks each crop's scale
     size_for = getattr(inpainter, "fill_size", None)
     results, cores, groups = [], [], defaultdict(list)
     for index, (image, mask) in enumerate(zip(images, masks)):
