@@ -31,7 +31,8 @@ def test_card_is_complete_and_records_test_metrics(path):
     assert CARD_KEYS <= set(card), CARD_KEYS - set(card)
     assert card["file"] == path.name and path.stem.startswith(card["method"])
     centre = card["metrics"]["center"]
-    assert centre["split"] == "test" and centre["count"] >= 1000
+    # a whole test split, never a sample: the smallest is CelebA-HQ's 500 faces (hq256)
+    assert centre["split"] == "test" and centre["count"] >= 500
     assert 15 < centre["psnr"] < 40 and 0 < centre["ssim"] <= 1
     assert card["storage"] in ("float16", "int8")
     assert card["storage"] == torch.load(path, weights_only=True)["meta"]["storage"]
