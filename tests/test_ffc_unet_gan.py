@@ -302,3 +302,18 @@ def test_the_default_frames_a_small_hole_on_no_face_as_its_smallest_scale_alone(
     hole[40:50, 40:50] = True      # a 10 px hole: 20 px of context, at least the model's size
     ladder, small = resolve_inpainter(None, None), load_weights(tmp_path / "ffc-unet-gan-32.pt")
     assert np.array_equal(fill_batch(ladder, [image], [hole])[0], fill_batch(small, [image], [hole])[0])
+
+
+def test_the_default_frames_faces_as_its_smallest_scale(tmp_path, monkeypatch):
+    from facefill.checkpoint import resolve_inpainter
+    from facefill.inference import fitting
+
+    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
+    for size, source in ((32, "../shared/data/celeba-aligned"), (64, "../shared/data/celeba-hq/images")):
+        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt",
+                       {"size": size, "data": {"source": source}})
+    seen = []
+    monkeypatch.setattr(fitting, "plan_fits", lambda index, image, hole, size, framing, *rest: seen.append((size, framing)) or [])
+    image, hole = np.zeros((100, 100, 3), np.uint8), np.ones((100, 100), bool)
+    fitting.fill_batch(resolve_inpainter(None, None), [image], [hole])
+    assert seen == [(32, fitting.framing_for({"data": {"source": "celeba-aligned"}}))]

@@ -311,10 +311,11 @@ def fill_batch(inpainter, images: list[np.ndarray], masks: list[np.ndarray], dev
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
     device = device if isinstance(device, torch.device) else torch.device(device or "cpu")
     options = options or FillOptions()
-    framing = framing or framing_for(getattr(inpainter, "weights_meta", None))
-    size = getattr(inpainter, "size", None)
-    if size and hasattr(inpainter, "scale_for"):   # frame holes on no face as its smallest scale
-        size = inpainter.scale_for(0).size        # does alone; fill_size then picks each crop's scale
+    # a model with smaller scales (the default) frames every crop as its smallest scale does
+    # alone; fill_size then hands each crop to the scale that fits it
+    framer = inpainter.scale_for(0) if hasattr(inpainter, "scale_for") else inpainter
+    framing = framing or framing_for(getattr(framer, "weights_meta", None))
+    size = getattr(framer, "size", None)
     size_for = getattr(inpainter, "fill_size", None)
     results, cores, groups = [], [], defaultdict(list)
     for index, (image, mask) in enumerate(zip(images, masks)):
