@@ -270,13 +270,19 @@ def test_trains_and_exports_through_the_engine(tiny_dataset, tmp_path):
     assert loaded.inpaint(torch.rand(1, 3, 48, 48), box_mask(1, 48, 48, 8, 8, 24)).shape == (1, 3, 48, 48)
 
 
+def ship_two_scales(folder, monkeypatch, sources=("", "")):
+    """Shipped ffc-unet-gan cards of 32 and 64 px in ``folder`` (``sources``: their training data)."""
+    monkeypatch.setenv("FACEFILL_WEIGHTS", str(folder))
+    torch.manual_seed(0)
+    for size, source in zip((32, 64), sources):
+        export_weights(tiny_method(size=size, min_fill_size=32).eval(), folder / f"ffc-unet-gan-{size}.pt",
+                       {"size": size, "data": {"source": source}})
+
+
 def test_the_default_fills_each_crop_with_the_scale_it_fits(tmp_path, monkeypatch):
     from facefill.checkpoint import resolve_inpainter
 
-    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
-    torch.manual_seed(0)
-    for size in (32, 64):
-        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt", {"size": size})
+    ship_two_scales(tmp_path, monkeypatch)
     default = resolve_inpainter(None, None)
     small, large = load_weights(tmp_path / "ffc-unet-gan-32.pt"), load_weights(tmp_path / "ffc-unet-gan-64.pt")
     assert default.size == 64 and default.scale_for(40).size == 32 and default.scale_for(64) is default
@@ -293,10 +299,7 @@ def test_the_default_frames_a_small_hole_on_no_face_as_its_smallest_scale_alone(
     from facefill.checkpoint import resolve_inpainter
     from facefill.inference.fitting import fill_batch
 
-    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
-    torch.manual_seed(0)
-    for size in (32, 64):
-        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt", {"size": size})
+    ship_two_scales(tmp_path, monkeypatch)
     image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
     hole = np.zeros((100, 100), bool)
     hole[40:50, 40:50] = True      # a 10 px hole: 20 px of context, at least the model's size
@@ -308,10 +311,7 @@ def test_the_default_frames_faces_as_its_smallest_scale(tmp_path, monkeypatch):
     from facefill.checkpoint import resolve_inpainter
     from facefill.inference import fitting
 
-    monkeypatch.setenv("FACEFILL_WEIGHTS", str(tmp_path))
-    for size, source in ((32, "../shared/data/celeba-aligned"), (64, "../shared/data/celeba-hq/images")):
-        export_weights(tiny_method(size=size, min_fill_size=32).eval(), tmp_path / f"ffc-unet-gan-{size}.pt",
-                       {"size": size, "data": {"source": source}})
+    ship_two_scales(tmp_path, monkeypatch, ("../shared/data/celeba-aligned", "../shared/data/celeba-hq/images"))
     seen = []
     monkeypatch.setattr(fitting, "plan_fits", lambda index, image, hole, size, framing, *rest: seen.append((size, framing)) or [])
     image, hole = np.zeros((100, 100, 3), np.uint8), np.ones((100, 100), bool)

@@ -410,8 +410,8 @@ def _summary(run: _Run, config: InpaintConfig, inpainter, device, image_size, se
         "images_per_second": round(len(done) / seconds, 3) if seconds > 0 else None,
         "mask_sources": sources,
     }
-    smaller = vars(inpainter).get("smaller_scale") if hasattr(inpainter, "__dict__") else None
-    if smaller is not None and not config.weights:   # faces under the default's size go to it
+    smaller = getattr(inpainter, "smaller_scale", None)   # faces under the default's size go to it
+    if smaller is not None:
         summary["weights_below_its_size"] = getattr(smaller, "weights_path", None)
     if run.interrupted:
         summary.update(interrupted=True, not_processed=not_processed)

@@ -200,21 +200,24 @@ class FFCUNetGAN(GeneratorInpainter):
             return self.generator(inputs)
         return fast(inputs.contiguous(memory_format=torch.channels_last))
 
+    smaller_scale: "FFCUNetGAN | None" = None
+
     def add_smaller_scale(self, smaller: "FFCUNetGAN") -> None:
         """Let ``smaller`` (this method trained at a smaller size, e.g. the 128 px parent of a
         256 px stage) fill the face crops smaller than this model's size: each fills best the
-        faces of the scale it learned from. Not a registered submodule: exports stay one model."""
+        faces of the scale it learned from. Set in ``__dict__``, not as a registered submodule:
+        exports stay one model."""
         self.__dict__["smaller_scale"] = smaller
 
     def scale_for(self, side: int) -> "FFCUNetGAN":
         """The model that fills a crop (or a fill square) of ``side`` px."""
-        smaller = self.__dict__.get("smaller_scale")
-        return smaller.scale_for(side) if smaller is not None and side < self.size else self
+        if self.smaller_scale is not None and side < self.size:
+            return self.smaller_scale.scale_for(side)
+        return self
 
     def to_device(self, device):
-        smaller = self.__dict__.get("smaller_scale")
-        if smaller is not None:
-            smaller.to_device(device)
+        if self.smaller_scale is not None:
+            self.smaller_scale.to_device(device)
         return super().to_device(device)
 
     def fill_size(self, side: int, depth: float | None = None) -> int:
