@@ -166,7 +166,9 @@ def prepare(src, data, size, keep, test_fraction, identities, crop, masks, seed,
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False),
               help="Start from this weights file's generator, or from this run checkpoint's networks "
                    "(discriminator and EMA generator included), with fresh optimisers: to fine-tune. "
-                   "It can lose the fills' detail at first: judge it by sharpness as well as PSNR.")
+                   "From a weights file (no discriminator) a GAN fine-tune loses the fills' detail "
+                   "even with a discriminator retrained first: prefer a run checkpoint, and judge by "
+                   "sharpness as well as PSNR.")
 @click.option("--part-mib", type=float, help="Write checkpoints in parts of at most this many MiB.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file: [train] keys and [method] settings.")
